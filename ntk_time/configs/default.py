@@ -1,0 +1,54 @@
+r"""The default experiment: Fashion-MNIST 0–4 -> 5–9, ResNet-8, an 8-point grid.
+
+Pretrain (or reuse the checkpoint) and compare prediction with real fine-tuning:
+
+  python -m experiments.compare --config ntk_time/configs/default.py --workdir workdirs/default
+
+(`make demo` runs exactly this.) Override any field from the command line, e.g.
+`--config.finetune.steps=800 --config.predict.num_paths=64`.
+"""
+
+import ml_collections as mlc
+
+
+def get_config() -> mlc.ConfigDict:
+  c = mlc.ConfigDict()
+  c.seed = 0
+
+  # Source task of the pretrained model.
+  c.source = mlc.ConfigDict(dict(
+      source='fashion_mnist', data_dir='', image_size=0, classes=(0, 1, 2, 3, 4),
+      n_train=15000, n_test=2000, seed=0))
+  c.model = mlc.ConfigDict(dict(name='ResNet8', num_filters=16, small_images=True))
+  c.pretrain = mlc.ConfigDict(dict(
+      epochs=3, batch_size=128, lr=0.1, weight_decay=5e-4,
+      # A checkpoint file to start from instead of pretraining (a user's own
+      # weights of the same model); empty: pretrain into <workdir>/pretrain.
+      checkpoint=''))
+
+  # Target task: what is fine-tuned, and what is predicted.
+  c.target = mlc.ConfigDict(dict(
+      source='fashion_mnist', data_dir='', image_size=0, classes=(5, 6, 7, 8, 9),
+      n_train=500, n_test=500, seed=1))
+
+  c.finetune = mlc.ConfigDict(dict(
+      loss='cross_entropy', steps=400, eval_every=20,
+      # The grid is the product of these lists.
+      lr=(0.003, 0.01), batch_size=(25, 100), momentum=(0.0, 0.9), weight_decay=(0.0,),
+      nesterov=False, schedule='constant',
+      # Real runs per configuration (batch orders); seed s uses fold_in(key, s).
+      seeds=2))
+
+  c.kernel = mlc.ConfigDict(dict(
+      implementation='direct',  # 'direct', 'nt_jacobian_contraction' or 'nt_ntvp'
+      traced=False,             # class-traced K ⊗ I_C approximation instead of the full kernel
+      block_size=100,           # samples per Jacobian block
+      memory_gb=8.0))           # refuse to start a kernel that needs more than this
+
+  c.predict = mlc.ConfigDict(dict(
+      num_paths=32, dt=1,  # SDE paths, Euler–Maruyama step in SGD steps
+      eps=0.05,            # T_eps tolerance on the training loss
+      target_loss=0.3,     # "steps to reach a target loss"
+      eps_acc=0.01, target_acc=0.85,
+      dtype='float32'))
+  return c

@@ -1,0 +1,242 @@
+"""SGD on the linearised model, in function space: pure jax on arrays, knows no model.
+
+Notation (DESIGN §3): kernel Θ `k_train_train` [N, N, C, C], outputs F [N, C],
+residuals r_i = ∂ℓ/∂f_i, held-out outputs F_test [N_test, C] moved by
+`k_test_train` [N_test, N, C, C]. Time is in SGD steps throughout.
+
+- `simulate_sgd`: the exact minibatch simulator (§3.1). One step on batch S_k
+  moves F by -η_k (G + momentum terms), G = (1/B) Σ_{i∈S_k} Θ[:, i] r_i
+  (+ λ (F - F_0 + J w0) with weight decay); exact for the linear model.
+- `simulate_sde`: the paper's SDE (§3.2), Euler–Maruyama over many paths.
+- `simulate_full_batch` and `mse_closed_form`: the deterministic limits.
+
+Outputs are curves recorded every `eval_every` steps, step 0 included.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_time import losses
+
+
+def _metrics(loss, f, y):
+  return jnp.mean(losses.loss(loss, f, y)), jnp.mean((jnp.argmax(f, -1) == y).astype(f.dtype))
+
+
+def _curves(loss, f, y, ft, yt):
+  tl, ta = _metrics(loss, f, y)
+  if ft.shape[0]:
+    vl, va = _metrics(loss, ft, yt)
+  else:
+    vl = va = jnp.full((), jnp.nan, f.dtype)
+  return {'train_loss': tl, 'train_acc': ta.astype(f.dtype), 'test_loss': vl,
+          'test_acc': jnp.asarray(va, f.dtype)}
+
+
+def _stack(first, rest):
+  return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
+def _sgd_one(order, lrs, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, momentum, weight_decay, *,
+             loss, eval_every, nesterov):
+  steps, _ = order.shape
+
+  def step(carry, inp):
+    f, u, ft, ut = carry
+    idx, lr = inp
+    r = losses.residual(loss, f[idx], y[idx])  # [B, C]
+    g = jnp.einsum('nbcd,bd->nc', jnp.take(k_tt, idx, axis=1), r) / idx.shape[0]
+    gt = jnp.einsum('nbcd,bd->nc', jnp.take(k_st, idx, axis=1), r) / idx.shape[0]
+    g = g + weight_decay * (f - fx0 + jw0)
+    gt = gt + weight_decay * (ft - fxt0 + jw0t)
+    u, ut = momentum * u + g, momentum * ut + gt
+    d, d_test = (g + momentum * u, gt + momentum * ut) if nesterov else (u, ut)
+    return (f - lr * d, u, ft - lr * d_test, ut), None
+
+  def chunk(carry, inp):
+    carry, _ = jax.lax.scan(step, carry, inp)
+    f, _, ft, _ = carry
+    return carry, _curves(loss, f, y, ft, yt)
+
+  init = (fx0, jnp.zeros_like(fx0), fxt0, jnp.zeros_like(fxt0))
+  xs = (order.reshape(steps // eval_every, eval_every, -1),
+        lrs.reshape(steps // eval_every, eval_every))
+  carry, rest = jax.lax.scan(chunk, init, xs)
+  curves = _stack(_curves(loss, fx0, y, fxt0, yt), rest)
+  return curves, carry[0], carry[2]
+
+
+def _check_eval(steps, eval_every):
+  if steps % eval_every:
+    raise ValueError(f'eval_every={eval_every} must divide the horizon steps={steps}')
+
+
+def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_every,
+                 momentum=0.0, nesterov=False, weight_decay=0.0, jw0_train=None,
+                 k_test_train=None, fx_test_0=None, y_test=None, jw0_test=None):
+  """Exact SGD on the linearised model for several batch orders at once.
+
+  Args:
+    orders: [S, T, B] int minibatch indices (S orders, T steps).
+    lrs: [T] learning rate η_k of each step.
+    k_train_train: [N, N, C, C]; fx_train_0: [N, C]; y_train: [N] int labels.
+    loss: 'cross_entropy' or 'mse'.
+    eval_every: record curves every this many steps (divides T).
+    momentum, nesterov, weight_decay: as optax.sgd / add_decayed_weights.
+    jw0_train: [N, C] J w0, needed for weight decay (zeros if None).
+    k_test_train: [N_test, N, C, C]; fx_test_0: [N_test, C]; y_test: [N_test];
+      jw0_test: [N_test, C]. Optional held-out set.
+
+  Returns:
+    (curves, fx_train_T, fx_test_T): curves maps 'train_loss', 'train_acc',
+    'test_loss', 'test_acc' to [S, T/eval_every + 1] arrays; fx_*_T: [S, N, C],
+    [S, N_test, C] final outputs.
+  """
+  orders = jnp.asarray(orders)
+  _check_eval(orders.shape[1], eval_every)
+  k_tt = jnp.asarray(k_train_train)
+  fx0 = jnp.asarray(fx_train_0)
+  n, c = fx0.shape
+  dtype = fx0.dtype
+  jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
+  if k_test_train is None:
+    k_st, fxt0 = jnp.zeros((0, n, c, c), dtype), jnp.zeros((0, c), dtype)
+    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
+  else:
+    k_st, fxt0, yt = jnp.asarray(k_test_train), jnp.asarray(fx_test_0), jnp.asarray(y_test)
+    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
+  one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
+  run = jax.vmap(one, in_axes=(0,) + (None,) * 11)
+  return jax.device_get(run(orders, jnp.asarray(lrs, dtype), k_tt, fx0, jnp.asarray(y_train), jw0, k_st, fxt0,
+             yt, jw0t, jnp.asarray(momentum, dtype), jnp.asarray(weight_decay, dtype)))
+
+
+def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
+  """The deterministic limit B = N: `simulate_sgd` with every sample in every step.
+
+  Same arguments as `simulate_sgd` without `orders`; returns its outputs for
+  one path (leading axis of size 1).
+  """
+  n = np.shape(fx_train_0)[0]
+  orders = np.broadcast_to(np.arange(n, dtype=np.int32), (1, len(lrs), n))
+  return simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, **kwargs)
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt'))
+def _sde_one(key, lr_sum, lr_sq, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, noise, weight_decay, *,
+             loss, eval_every, dt):
+  n = fx0.shape[0]
+  n_steps = lr_sum.shape[0]
+
+  def step(carry, inp):
+    f, ft = carry
+    i, a_sum, a_sq = inp
+    r = losses.residual(loss, f, y)  # [N, C]
+    xi = jax.random.normal(jax.random.fold_in(key, i), (n,), f.dtype)
+    xi = xi - jnp.mean(xi)  # P ξ: the minibatch move has zero total weight
+    # Drift and noise both act through Θ on per-sample scalings of r, so one
+    # matvec with Θ serves both: ΔF = Θ (r ⊙ w), no matrix square root.
+    w = -a_sum / n + jnp.sqrt(a_sq) * noise * xi  # [N]
+    rw = r * w[:, None]
+    f = f + jnp.einsum('nmcd,md->nc', k_tt, rw) - a_sum * weight_decay * (f - fx0 + jw0)
+    ft = ft + jnp.einsum('nmcd,md->nc', k_st, rw) - a_sum * weight_decay * (ft - fxt0 + jw0t)
+    return (f, ft), None
+
+  per_eval = eval_every // dt
+
+  def chunk(carry, inp):
+    carry, _ = jax.lax.scan(step, carry, inp)
+    return carry, _curves(loss, carry[0], y, carry[1], yt)
+
+  idx = jnp.arange(n_steps)
+  xs = jax.tree.map(lambda a: a.reshape(-1, per_eval), (idx, lr_sum, lr_sq))
+  carry, rest = jax.lax.scan(chunk, (fx0, fxt0), xs)
+  return _stack(_curves(loss, fx0, y, fxt0, yt), rest), carry[0], carry[1]
+
+
+def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, loss, eval_every,
+                 dt=1, momentum=0.0, weight_decay=0.0, jw0_train=None, k_test_train=None,
+                 fx_test_0=None, y_test=None, jw0_test=None):
+  """The paper's SDE, Euler–Maruyama, one path per key (DESIGN §3.2).
+
+    dF = -(η̃/N) Θ r(F) dt + η̃ √(c/(B N)) Θ R(F) P dW_t,  η̃ = η/(1-m),
+    c = (N-B)/(N-1),
+
+  t in SGD steps. One Euler–Maruyama step covers `dt` SGD steps of the
+  schedule: its drift uses Σ η̃_k and its noise √(Σ η̃_k²) over those steps,
+  which for dt = 1 is exactly one step's mean and covariance.
+
+  Args:
+    keys: [S] PRNG keys, one per path.
+    lrs: [T] learning rates η_k (momentum enters as η_k / (1 - m)).
+    k_train_train, fx_train_0, y_train, jw0_train, test arrays: as simulate_sgd.
+    batch_size: B, for the noise scale.
+    loss, eval_every: as simulate_sgd; dt must divide eval_every.
+    dt: SGD steps per Euler–Maruyama step.
+    momentum: m, used only through the effective learning rate.
+    weight_decay: λ, added to the drift as λ (F - F_0 + J w0).
+
+  Returns:
+    (curves, fx_train_T, fx_test_T) as simulate_sgd, with S = len(keys) paths.
+  """
+  lrs = np.asarray(lrs, np.float64)
+  steps = len(lrs)
+  _check_eval(steps, eval_every)
+  if not (isinstance(dt, (int, np.integer)) and dt >= 1 and eval_every % dt == 0):
+    raise ValueError(f'dt={dt!r} must be a positive integer dividing eval_every={eval_every}')
+  fx0 = jnp.asarray(fx_train_0)
+  n, c = fx0.shape
+  dtype = fx0.dtype
+  if not 1 <= batch_size <= n:
+    raise ValueError(f'batch_size={batch_size} must be in 1..N={n}')
+  eff = lrs / (1.0 - momentum)
+  lr_sum = eff.reshape(-1, dt).sum(1)
+  lr_sq = (eff**2).reshape(-1, dt).sum(1)
+  cfac = (n - batch_size) / (n - 1) if n > 1 else 0.0
+  noise = np.sqrt(cfac / (batch_size * n))
+  jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
+  if k_test_train is None:
+    k_st, fxt0 = jnp.zeros((0, n, c, c), dtype), jnp.zeros((0, c), dtype)
+    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
+  else:
+    k_st, fxt0, yt = jnp.asarray(k_test_train), jnp.asarray(fx_test_0), jnp.asarray(y_test)
+    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
+  one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
+  run = jax.vmap(one, in_axes=(0,) + (None,) * 12)
+  return jax.device_get(run(keys, jnp.asarray(lr_sum, dtype), jnp.asarray(lr_sq, dtype),
+             jnp.asarray(k_train_train), fx0, jnp.asarray(y_train), jw0, k_st, fxt0, yt, jw0t,
+             jnp.asarray(noise, dtype), jnp.asarray(weight_decay, dtype)))
+
+
+def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=False):
+  """Training MSE loss of full-batch gradient descent, from the spectrum of Θ.
+
+  Continuous time (the ODE dF/dt = -(η/N) Θ (F - Y)):
+    L_t = (1/2N) Σ_k exp(-2 η λ_k t / N) (u_kᵀ (F_0 - Y))².
+  discrete=True gives the exact discrete map F_{t+1} - Y = (I - ηΘ/N)(F_t - Y):
+    L_t = (1/2N) Σ_k (1 - η λ_k / N)^{2t} (u_kᵀ (F_0 - Y))².
+
+  Args:
+    k_train_train: [N, N, C, C]; fx_train_0: [N, C]; y_train: [N] int.
+    lr: η (use η/(1-m) for the momentum ODE); steps: [E] times in SGD steps.
+
+  Returns:
+    [E] losses (float64).
+  """
+  from ntk_time import ntk  # pylint: disable=g-import-not-at-top
+  k = ntk.flatten(np.asarray(k_train_train, np.float64))
+  f0 = np.asarray(fx_train_0, np.float64)
+  n, c = f0.shape
+  e0 = (f0 - np.eye(c)[np.asarray(y_train)]).reshape(-1)
+  lam, u = np.linalg.eigh(0.5 * (k + k.T))
+  energy = (u.T @ e0) ** 2
+  t = np.asarray(steps, np.float64)[:, None]
+  if discrete:
+    decay = (1.0 - lr * lam / n)[None, :] ** (2 * t)
+  else:
+    decay = np.exp(-2.0 * lr * lam[None, :] * t / n)
+  return (decay * energy[None, :]).sum(1) / (2 * n)

@@ -1,0 +1,194 @@
+"""From one kernel to every configuration of a grid: curves, training times, bands.
+
+`predict(lin, ...)` simulates each SGD configuration on the linearised model
+(`dynamics.py`) and summarises the paths: mean and 5/50/95% quantile curves,
+and the training time under each definition of DESIGN §3.3, on the mean curve
+and as quantiles over paths. Times are in SGD steps; `to_seconds` converts.
+"""
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from ntk_time import dynamics
+from ntk_time import losses
+from ntk_time import ntk
+from ntk_time import sgd
+
+METHODS = ('sde', 'exact', 'full_batch')
+CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
+QUANTILES = (0.05, 0.5, 0.95)
+
+
+@dataclasses.dataclass(frozen=True)
+class Targets:
+  """What "trained" means.
+
+  eps: T_eps = min{t : |L_t - L_T| < eps} on the training loss.
+  target_loss: first step with L_t <= target_loss (None: not computed).
+  eps_acc, target_acc: the same two on the training accuracy (>= target).
+  """
+  eps: float = 0.05
+  target_loss: float | None = None
+  eps_acc: float = 0.01
+  target_acc: float | None = None
+
+  def __post_init__(self):
+    for name in ('eps', 'eps_acc'):
+      v = getattr(self, name)
+      if not (np.isfinite(v) and v > 0):
+        raise ValueError(f'{name} must be > 0, got {name}={v!r}')
+
+
+def t_eps(steps: np.ndarray, curve: np.ndarray, eps: float) -> int:
+  """The paper's T_eps = min{t : |L_t - L_T| < eps}, T = steps[-1].
+
+  Args:
+    steps: [E] evaluated steps, increasing; curve: [E] values at those steps.
+
+  Returns:
+    The first evaluated step within eps of the value at the horizon (the
+    horizon itself if nothing earlier is).
+  """
+  close = np.abs(np.asarray(curve) - curve[-1]) < eps
+  return int(steps[np.argmax(close)])
+
+
+def first_reaching(steps: np.ndarray, curve: np.ndarray, target: float,
+                   below: bool = True) -> int | None:
+  """First evaluated step with curve <= target (>= if not below); None if never."""
+  hit = np.asarray(curve) <= target if below else np.asarray(curve) >= target
+  return int(steps[np.argmax(hit)]) if hit.any() else None
+
+
+def training_times(steps: np.ndarray, loss: np.ndarray, acc: np.ndarray,
+                   targets: Targets) -> dict[str, int | None]:
+  """All definitions of training time for one loss / accuracy curve pair ([E] each)."""
+  out = {'t_eps': t_eps(steps, loss, targets.eps),
+         't_eps_acc': t_eps(steps, acc, targets.eps_acc)}
+  if targets.target_loss is not None:
+    out['t_target_loss'] = first_reaching(steps, loss, targets.target_loss, below=True)
+  if targets.target_acc is not None:
+    out['t_target_acc'] = first_reaching(steps, acc, targets.target_acc, below=False)
+  return out
+
+
+def to_seconds(steps: float | None, seconds_per_step: float) -> float | None:
+  """Predicted seconds = predicted SGD steps × measured seconds per real step."""
+  return None if steps is None else float(steps) * seconds_per_step
+
+
+def curvature_bound(loss: str) -> float:
+  """Largest eigenvalue of ∂²ℓ/∂f² over all f: 1 for MSE, 1/2 for cross-entropy."""
+  return 1.0 if losses.check(loss) == 'mse' else 0.5
+
+
+def lr_limit(max_eig: float, n: int, loss: str, momentum: float = 0.0) -> float:
+  """The largest η for which full-batch linearised SGD cannot diverge.
+
+  Gradient descent with momentum m on an objective whose curvature is at most
+  h λ_max(Θ)/N is stable for η < 2 (1 + m) N / (h λ_max) (heavy ball on a
+  quadratic; a sufficient condition for the convex cross-entropy).
+  """
+  return 2.0 * (1.0 + momentum) * n / (curvature_bound(loss) * max_eig)
+
+
+def _summarise(curves: dict, steps: np.ndarray, targets: Targets) -> tuple[dict, dict]:
+  """Mean / quantile curves and training-time bands over the paths ([S, E] each)."""
+  summary = {}
+  for name in CURVES:
+    c = np.asarray(curves[name], np.float64)
+    summary[name] = {'mean': c.mean(0), **{f'q{int(q * 100):02d}': np.quantile(c, q, axis=0)
+                                           for q in QUANTILES}}
+  mean_times = training_times(steps, summary['train_loss']['mean'],
+                              summary['train_acc']['mean'], targets)
+  per_path = [training_times(steps, l, a, targets) for l, a in
+              zip(np.asarray(curves['train_loss']), np.asarray(curves['train_acc']))]
+  times = {}
+  for name, t_mean in mean_times.items():
+    # A path that never reaches the target counts as later than every step.
+    vals = np.array([np.inf if p[name] is None else p[name] for p in per_path], np.float64)
+    qs = {f'q{int(q * 100):02d}': np.quantile(vals, q) for q in QUANTILES}
+    times[name] = {'mean_curve': t_mean,
+                   **{k: (None if not np.isfinite(v) else float(v)) for k, v in qs.items()}}
+  return summary, times
+
+
+def _diverged(curves: dict) -> bool:
+  loss = np.asarray(curves['train_loss'], np.float64)
+  if not np.all(np.isfinite(loss)):
+    return True
+  return bool(np.any(loss > 10.0 * np.maximum(loss[:, :1], 1.0)))
+
+
+def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
+            configs: list[sgd.SGD], *, key: jax.Array | None = None, method: str = 'sde',
+            loss: str, eval_every: int, targets: Targets, num_paths: int = 32, dt: int = 1,
+            orders: list[np.ndarray] | None = None, dtype=np.float32) -> list[dict]:
+  """Predicts every configuration of a grid from one linearisation.
+
+  Args:
+    lin: kernel and initial outputs (ntk.linearize).
+    y_train: [N] and y_test: [N_test] int labels.
+    configs: the grid; each config's steps is its horizon.
+    key: PRNG key, folded with the config's index (needed unless method is
+      'full_batch' or every order is given).
+    method: 'sde' (the paper's SDE, num_paths paths), 'exact' (the minibatch
+      simulator on `orders[i]` [S, T, B], or num_paths orders drawn from key),
+      'full_batch' (the deterministic B = N limit).
+    loss, eval_every, targets: see dynamics / Targets.
+    dt: SGD steps per Euler–Maruyama step (sde only).
+    dtype: of the simulation (np.float64 needs jax_enable_x64).
+
+  Returns:
+    One dict per configuration: 'hparams', 'method', 'steps' [E], 'curves'
+    (per name: 'mean', 'q05', 'q50', 'q95', each [E]), 'times' (per
+    definition: 'mean_curve' and 'q05'/'q50'/'q95' over paths, in SGD steps,
+    None when not reached), 'diverged', 'lr_limit', 'seconds'. A diverging
+    configuration has curves and times None and says so.
+  """
+  if method not in METHODS:
+    raise ValueError(f'unknown prediction method {method!r}; expected one of {METHODS}')
+  if not (isinstance(num_paths, (int, np.integer)) and num_paths >= 1):
+    raise ValueError(f'num_paths must be a positive integer, got {num_paths!r}')
+  losses.check(loss)
+  n = len(y_train)
+  k_tt, k_st = lin.full_kernels()
+  max_eig = float(np.linalg.eigvalsh(ntk.flatten(k_tt).astype(np.float64))[-1])
+  arrays = dict(k_train_train=k_tt.astype(dtype), fx_train_0=lin.fx_train_0.astype(dtype),
+                y_train=y_train, jw0_train=lin.jw0_train.astype(dtype),
+                k_test_train=k_st.astype(dtype), fx_test_0=lin.fx_test_0.astype(dtype),
+                y_test=y_test, jw0_test=lin.jw0_test.astype(dtype))
+  results = []
+  for i, hp in enumerate(configs):
+    hp.validate(n)
+    lrs = sgd.learning_rates(hp)
+    start = time.perf_counter()
+    common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
+                  weight_decay=hp.weight_decay, **arrays)
+    if method == 'sde':
+      keys = jax.random.split(jax.random.fold_in(key, i), num_paths)
+      curves, _, _ = dynamics.simulate_sde(keys, lrs, batch_size=hp.batch_size, dt=dt, **common)
+    elif method == 'exact':
+      if orders is not None and orders[i] is not None:
+        o = np.asarray(orders[i])
+      else:
+        ks = jax.random.split(jax.random.fold_in(key, i), num_paths)
+        o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps) for k in ks])
+      curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
+    else:
+      curves, _, _ = dynamics.simulate_full_batch(lrs, nesterov=hp.nesterov, **common)
+    curves = jax.device_get(curves)
+    seconds = time.perf_counter() - start
+    steps = np.arange(0, hp.steps + 1, eval_every)
+    limit = lr_limit(max_eig, n, loss, hp.momentum)
+    out = {'hparams': hp.to_dict(), 'method': method, 'steps': steps, 'lr_limit': limit,
+           'seconds': seconds, 'diverged': _diverged(curves)}
+    if out['diverged']:
+      out.update(curves=None, times=None)
+    else:
+      out['curves'], out['times'] = _summarise(curves, steps, targets)
+    results.append(out)
+  return results

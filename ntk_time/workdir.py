@@ -1,0 +1,86 @@
+"""Workdir files: atomic JSON / JSONL / npz writes and config hashes.
+
+Every stage writes what it produced into its workdir so that plots, notebooks
+and later stages read files instead of recomputing. Writes go to a temporary
+file in the same folder and are then renamed, so an interrupted run leaves the
+old file or the new one, never half a file.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+def _atomic_write(path: str, write) -> None:
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix='.tmp-', suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _to_jsonable(obj: Any) -> Any:
+  if isinstance(obj, dict):
+    return {str(k): _to_jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [_to_jsonable(v) for v in obj]
+  if isinstance(obj, (np.ndarray, np.generic)) or hasattr(obj, '__array__'):
+    arr = np.asarray(obj)
+    return arr.tolist() if arr.ndim else arr.item()
+  if isinstance(obj, float) and not np.isfinite(obj):
+    return None  # JSON has no NaN; a missing value is stated as null.
+  return obj
+
+
+def write_json(path: str, obj: Any) -> None:
+  data = json.dumps(_to_jsonable(obj), indent=1, sort_keys=False).encode()
+  _atomic_write(path, lambda f: f.write(data))
+
+
+def read_json(path: str) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def write_npz(path: str, **arrays) -> None:
+  _atomic_write(path, lambda f: np.savez(f, **{k: np.asarray(v) for k, v in arrays.items()}))
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path) as z:
+    return {k: z[k] for k in z.files}
+
+
+def write_jsonl(path: str, rows: list[dict]) -> None:
+  data = ''.join(json.dumps(_to_jsonable(r)) + '\n' for r in rows).encode()
+  _atomic_write(path, lambda f: f.write(data))
+
+
+def config_hash(obj: Any) -> str:
+  """A short, stable hash of a JSON-able object (a config or part of one)."""
+  if hasattr(obj, 'to_dict'):
+    obj = obj.to_dict()
+  text = json.dumps(_to_jsonable(obj), sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_if_hash(path: str, expected_hash: str) -> dict[str, np.ndarray] | None:
+  """The arrays of `path` if it exists and was written for `expected_hash`."""
+  if not os.path.exists(path):
+    return None
+  arrays = read_npz(path)
+  if str(arrays.get('config_hash', '')) != expected_hash:
+    return None
+  return arrays

@@ -1,0 +1,47 @@
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+# Fast compiles: the tests check numbers, not speed.
+jax.config.update('jax_disable_most_optimizations', True)
+
+from ntk_time import data  # noqa: E402  pylint: disable=g-import-not-at-top
+
+
+@pytest.fixture
+def key():
+  return jax.random.key(0)
+
+
+class LinearTask:
+  """A data.Task-like problem for a *linear* model f(w, x_i) = x_i w, x_i: [C, P]."""
+
+  def __init__(self, n=12, n_test=5, c=3, p=7, seed=0):
+    rng = np.random.default_rng(seed)
+    self.x_train = rng.normal(size=(n, c, p))
+    self.y_train = rng.integers(0, c, n).astype(np.int32)
+    self.x_test = rng.normal(size=(n_test, c, p))
+    self.y_test = rng.integers(0, c, n_test).astype(np.int32)
+    self.w0 = {'w': rng.normal(size=(p,)) * 0.3}
+
+  @staticmethod
+  def apply_fn(params, x):
+    return jax.numpy.einsum('ncp,p->nc', x, params['w'])
+
+  def kernel(self, x1, x2):  # Θ[i, j, c, d] = x1_i[c] · x2_j[d]
+    return np.einsum('icp,jdp->ijcd', x1, x2)
+
+
+@pytest.fixture
+def linear_task():
+  return LinearTask()
+
+
+@pytest.fixture(scope='session')
+def digits_source():
+  return data.load_source('digits')
