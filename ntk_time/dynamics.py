@@ -36,6 +36,23 @@ def _curves(loss, f, y, ft, yt):
           'test_acc': jnp.asarray(va, f.dtype)}
 
 
+def _columns(k):
+  """[N1, N2, C, C] -> [N2, C, N1·C]: entry [j, d] is the column Θ[:, j, :, d], flattened.
+
+  The simulators read Θ by columns of the batch samples; this layout makes each
+  such column one contiguous row, so a minibatch is a row gather and a full
+  move is one matrix product.
+  """
+  k = np.asarray(k)
+  n1, n2, c, _ = k.shape
+  return k.transpose(1, 3, 0, 2).reshape(n2, c, n1 * c)
+
+
+def _flat(k):
+  n1, n2, c, _ = np.shape(k)
+  return np.asarray(k).transpose(0, 2, 1, 3).reshape(n1 * c, n2 * c)
+
+
 def _stack(first, rest):
   return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
@@ -49,8 +66,8 @@ def _sgd_one(order, lrs, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, momentum, weig
     f, u, ft, ut = carry
     idx, lr = inp
     r = losses.residual(loss, f[idx], y[idx])  # [B, C]
-    g = jnp.einsum('nbcd,bd->nc', jnp.take(k_tt, idx, axis=1), r) / idx.shape[0]
-    gt = jnp.einsum('nbcd,bd->nc', jnp.take(k_st, idx, axis=1), r) / idx.shape[0]
+    g = (jnp.einsum('bcm,bc->m', k_tt[idx], r) / idx.shape[0]).reshape(f.shape)
+    gt = (jnp.einsum('bcm,bc->m', k_st[idx], r) / idx.shape[0]).reshape(ft.shape)
     g = g + weight_decay * (f - fx0 + jw0)
     gt = gt + weight_decay * (ft - fxt0 + jw0t)
     u, ut = momentum * u + g, momentum * ut + gt
@@ -68,6 +85,30 @@ def _sgd_one(order, lrs, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, momentum, weig
   carry, rest = jax.lax.scan(chunk, init, xs)
   curves = _stack(_curves(loss, fx0, y, fxt0, yt), rest)
   return curves, carry[0], carry[2]
+
+
+def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
+             jw0_test, columns):
+  """The simulators' arrays, zeros for what is absent; kernels by columns or flat.
+
+  columns=True: `_columns` layout [N, C, N'·C], for minibatch row gathers.
+  columns=False: flat [N'·C, N·C] (index i·C + c), for full matrix-vector products.
+  """
+  layout = _columns if columns else _flat
+  fx0 = jnp.asarray(fx_train_0)
+  n, c = fx0.shape
+  dtype = fx0.dtype
+  jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
+  if k_test_train is None:
+    k_st = jnp.zeros((n, c, 0) if columns else (0, n * c), dtype)
+    fxt0 = jnp.zeros((0, c), dtype)
+    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
+  else:
+    k_st = jnp.asarray(layout(k_test_train), dtype)
+    fxt0, yt = jnp.asarray(fx_test_0, dtype), jnp.asarray(y_test)
+    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
+  k_tt = jnp.asarray(layout(k_train_train), dtype)
+  return k_tt, fx0, jnp.asarray(y_train), jw0, k_st, fxt0, yt, jw0t
 
 
 def _check_eval(steps, eval_every):
@@ -98,21 +139,13 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
   """
   orders = jnp.asarray(orders)
   _check_eval(orders.shape[1], eval_every)
-  k_tt = jnp.asarray(k_train_train)
-  fx0 = jnp.asarray(fx_train_0)
-  n, c = fx0.shape
-  dtype = fx0.dtype
-  jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
-  if k_test_train is None:
-    k_st, fxt0 = jnp.zeros((0, n, c, c), dtype), jnp.zeros((0, c), dtype)
-    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
-  else:
-    k_st, fxt0, yt = jnp.asarray(k_test_train), jnp.asarray(fx_test_0), jnp.asarray(y_test)
-    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
+  arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
+                    jw0_test, columns=True)
+  dtype = arrays[1].dtype
   one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
   run = jax.vmap(one, in_axes=(0,) + (None,) * 11)
-  return jax.device_get(run(orders, jnp.asarray(lrs, dtype), k_tt, fx0, jnp.asarray(y_train), jw0, k_st, fxt0,
-             yt, jw0t, jnp.asarray(momentum, dtype), jnp.asarray(weight_decay, dtype)))
+  return jax.device_get(run(orders, jnp.asarray(lrs, dtype), *arrays,
+                            jnp.asarray(momentum, dtype), jnp.asarray(weight_decay, dtype)))
 
 
 def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
@@ -142,8 +175,8 @@ def _sde_one(key, lr_sum, lr_sq, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, noise,
     # matvec with Θ serves both: ΔF = Θ (r ⊙ w), no matrix square root.
     w = -a_sum / n + jnp.sqrt(a_sq) * noise * xi  # [N]
     rw = r * w[:, None]
-    f = f + jnp.einsum('nmcd,md->nc', k_tt, rw) - a_sum * weight_decay * (f - fx0 + jw0)
-    ft = ft + jnp.einsum('nmcd,md->nc', k_st, rw) - a_sum * weight_decay * (ft - fxt0 + jw0t)
+    f = f + (k_tt @ rw.reshape(-1)).reshape(f.shape) - a_sum * weight_decay * (f - fx0 + jw0)
+    ft = ft + (k_st @ rw.reshape(-1)).reshape(ft.shape) - a_sum * weight_decay * (ft - fxt0 + jw0t)
     return (f, ft), None
 
   per_eval = eval_every // dt
@@ -198,18 +231,12 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   lr_sq = (eff**2).reshape(-1, dt).sum(1)
   cfac = (n - batch_size) / (n - 1) if n > 1 else 0.0
   noise = np.sqrt(cfac / (batch_size * n))
-  jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
-  if k_test_train is None:
-    k_st, fxt0 = jnp.zeros((0, n, c, c), dtype), jnp.zeros((0, c), dtype)
-    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
-  else:
-    k_st, fxt0, yt = jnp.asarray(k_test_train), jnp.asarray(fx_test_0), jnp.asarray(y_test)
-    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
+  arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
+                    jw0_test, columns=False)
   one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
   run = jax.vmap(one, in_axes=(0,) + (None,) * 12)
-  return jax.device_get(run(keys, jnp.asarray(lr_sum, dtype), jnp.asarray(lr_sq, dtype),
-             jnp.asarray(k_train_train), fx0, jnp.asarray(y_train), jw0, k_st, fxt0, yt, jw0t,
-             jnp.asarray(noise, dtype), jnp.asarray(weight_decay, dtype)))
+  return jax.device_get(run(keys, jnp.asarray(lr_sum, dtype), jnp.asarray(lr_sq, dtype), *arrays,
+                            jnp.asarray(noise, dtype), jnp.asarray(weight_decay, dtype)))
 
 
 def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=False):
@@ -240,3 +267,89 @@ def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=F
   else:
     decay = np.exp(-2.0 * lr * lam[None, :] * t / n)
   return (decay * energy[None, :]).sum(1) / (2 * n)
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
+def _head_aware_one(order, lrs, k_phi, phi0, y, jphi0, k_phi_st, phit0, yt, jphit0, w0, b0,
+                    momentum, weight_decay, *, loss, eval_every, nesterov):
+  steps, _ = order.shape
+
+  def step(carry, inp):
+    (phi, phit, w, b), vel = carry
+    idx, lr = inp
+    bsz = idx.shape[0]
+    r = losses.residual(loss, phi[idx] @ w + b, y[idx])  # [B, C]
+    q = r @ w.T  # [B, D]: ∂ℓ_i/∂φ_i
+    grads = (k_phi[idx].T @ q / bsz + weight_decay * (phi - phi0 + jphi0),
+             k_phi_st[idx].T @ q / bsz + weight_decay * (phit - phit0 + jphit0),
+             phi[idx].T @ r / bsz + weight_decay * w,
+             jnp.mean(r, 0) + weight_decay * b)
+    vel = jax.tree.map(lambda v, g: momentum * v + g, vel, grads)
+    move = jax.tree.map(lambda v, g: g + momentum * v, vel, grads) if nesterov else vel
+    state = jax.tree.map(lambda x, d: x - lr * d, (phi, phit, w, b), move)
+    return (state, vel), None
+
+  def curves(state):
+    phi, phit, w, b = state
+    return _curves(loss, phi @ w + b, y, phit @ w + b, yt)
+
+  def chunk(carry, inp):
+    carry, _ = jax.lax.scan(step, carry, inp)
+    return carry, curves(carry[0])
+
+  state0 = (phi0, phit0, w0, b0)
+  init = (state0, jax.tree.map(jnp.zeros_like, state0))
+  xs = (order.reshape(steps // eval_every, eval_every, -1),
+        lrs.reshape(steps // eval_every, eval_every))
+  carry, rest = jax.lax.scan(chunk, init, xs)
+  phi, phit, w, b = carry[0]
+  return _stack(curves(state0), rest), phi @ w + b, phit @ w + b
+
+
+def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kernel, head_bias, *,
+                        loss, eval_every, momentum=0.0, nesterov=False, weight_decay=0.0,
+                        jw0_features_train=None, k_phi_test=None, features_test_0=None,
+                        y_test=None, jw0_features_test=None):
+  """Exact SGD on the head-aware (bilinear) model, for several batch orders at once.
+
+  The plain method linearises f = Wᵀ φ(x; θ) + b in all parameters, which
+  freezes the backbone's contribution W ᵀ (∂φ/∂θ)(∂φ/∂θ)ᵀ W to the kernel at the
+  fresh head's W_0. Here only the features are linearised, φ_i = φ_i(0) + ∂φ_i/∂θ δθ,
+  with the isotropic feature kernel ∂φ_i/∂θ (∂φ_j/∂θ)ᵀ ≈ K_φ[i, j] I_D, while the
+  head W, b is trained exactly; the backbone part of the output kernel is then
+  K_φ ⊗ W_tᵀ W_t and grows with the head, as it does in real fine-tuning. In
+  function space one SGD step on batch S moves
+    W <- W - η (1/B) Σ_S φ_i r_iᵀ,  b <- b - η (1/B) Σ_S r_i,
+    φ_j <- φ_j - η (1/B) Σ_S K_φ[j, i] W r_i    (for training and test points),
+  with momentum, Nesterov and weight decay (λ (φ - φ_0 + ∂φ/∂θ θ_0) on the
+  features) as in `simulate_sgd`.
+
+  Args:
+    orders: [S, T, B]; lrs: [T].
+    k_phi: [N, N] feature kernel; features_train_0: [N, D]; y_train: [N].
+    head_kernel: [D, C] W_0; head_bias: [C] b_0.
+    jw0_features_train: [N, D] (∂φ/∂θ) θ_0, for weight decay.
+    k_phi_test: [N_test, N]; features_test_0: [N_test, D]; y_test; jw0_features_test.
+
+  Returns:
+    (curves, fx_train_T, fx_test_T) as simulate_sgd.
+  """
+  orders = jnp.asarray(orders)
+  _check_eval(orders.shape[1], eval_every)
+  phi0 = jnp.asarray(features_train_0)
+  n, d = phi0.shape
+  dtype = phi0.dtype
+  zeros_or = lambda a, shape: jnp.zeros(shape, dtype) if a is None else jnp.asarray(a, dtype)
+  if k_phi_test is None:
+    k_st, phit0, yt = jnp.zeros((n, 0), dtype), jnp.zeros((0, d), dtype), jnp.zeros((0,), jnp.int32)
+  else:
+    k_st = jnp.asarray(np.asarray(k_phi_test).T, dtype)  # [N, N_test]: rows by training sample
+    phit0, yt = jnp.asarray(features_test_0, dtype), jnp.asarray(y_test)
+  one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
+  run = jax.vmap(one, in_axes=(0,) + (None,) * 13)
+  return jax.device_get(run(
+      orders, jnp.asarray(lrs, dtype), jnp.asarray(k_phi, dtype), phi0, jnp.asarray(y_train),
+      zeros_or(jw0_features_train, (n, d)), k_st, phit0, yt,
+      zeros_or(jw0_features_test, phit0.shape), jnp.asarray(head_kernel, dtype),
+      jnp.asarray(head_bias, dtype), jnp.asarray(momentum, dtype),
+      jnp.asarray(weight_decay, dtype)))

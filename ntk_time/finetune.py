@@ -120,6 +120,7 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
   x_train, y_train = jnp.asarray(task.x_train), jnp.asarray(task.y_train)
 
   start = time.perf_counter()
+  params = jax.tree.map(jnp.array, params)  # a copy: the step donates its input buffers
   state = (params, tx.init(params))
   rows, step_times = [], []
 
@@ -164,3 +165,25 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
         'seconds_per_step': per_step, 'train_seconds': result['train_seconds'],
         'wall_seconds': wall, 'final': rows[-1]})
   return result
+
+
+def seconds_per_step(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, loss: str,
+                     key: jax.Array, repeats: int = 5) -> float:
+  """Seconds of one compiled real training step at hp.batch_size on this machine.
+
+  Times `repeats` steps after one compiling step, on random batches of `task`:
+  what turns predicted steps into predicted seconds without running the
+  fine-tuning itself.
+  """
+  tx = sgd.make_optimizer(hp)
+  step = jax.jit(train_step_fn(apply_fn, tx, loss))
+  state = (params, tx.init(params))
+  idx = np.asarray(jax.random.choice(key, len(task.x_train), (repeats + 1, hp.batch_size)))
+  x, y = jnp.asarray(task.x_train), jnp.asarray(task.y_train)
+  jax.block_until_ready(step(state, (x[idx[0]], y[idx[0]])))
+  times = []
+  for i in idx[1:]:
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(state, (x[i], y[i])))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))

@@ -75,7 +75,8 @@ class ResNet(nn.Module):
   small_images: bool = False
 
   @nn.compact
-  def __call__(self, x, train: bool = False):
+  def __call__(self, x, train: bool = False, features: bool = False):
+    """Logits [N, num_classes], or with features=True the pooled features [N, D] under the head."""
     if self.small_images:
       x = nn.Conv(self.num_filters, (3, 3), padding=1, use_bias=False, name='stem_conv')(x)
     else:
@@ -89,6 +90,8 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = self.block_cls(self.num_filters * 2**i, strides, name=f'stage{i}_block{j}')(x, train)
     x = jnp.mean(x, axis=(1, 2))
+    if features:
+      return x
     return nn.Dense(self.num_classes, name='head')(x)
 
 
@@ -140,6 +143,14 @@ def make_apply_fn(model: ResNet, batch_stats: PyTree) -> ApplyFn:
   def apply_fn(params, x):
     return model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False)
   return apply_fn
+
+
+def make_features_fn(model: ResNet, batch_stats: PyTree) -> ApplyFn:
+  """`features_fn(params, x) -> [N, D]`, the pooled features the head reads (BatchNorm frozen)."""
+  def features_fn(params, x):
+    return model.apply({'params': params, 'batch_stats': batch_stats}, x, train=False,
+                       features=True)
+  return features_fn
 
 
 def _shapes(tree: PyTree) -> dict[str, tuple]:

@@ -49,6 +49,14 @@ class Linearization:
   jw0_train: np.ndarray
   jw0_test: np.ndarray
   seconds: float = 0.0
+  # For the head-aware model (dynamics.simulate_head_aware), when features are given:
+  # features at w0 [N, D] / [N_test, D], (∂φ/∂θ) θ_0 likewise, head W_0 [D, C], b_0 [C].
+  features_train: np.ndarray | None = None
+  features_test: np.ndarray | None = None
+  jw0_features_train: np.ndarray | None = None
+  jw0_features_test: np.ndarray | None = None
+  head_kernel: np.ndarray | None = None
+  head_bias: np.ndarray | None = None
 
   @property
   def traced(self) -> bool:
@@ -63,7 +71,18 @@ class Linearization:
             self.k_test_train[:, :, None, None] * eye)
 
   def arrays(self) -> dict[str, np.ndarray]:
-    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None}
+
+  @property
+  def head_aware(self) -> bool:
+    return self.features_train is not None
+
+  def feature_kernels(self) -> tuple[np.ndarray, np.ndarray]:
+    """K_φ [N, N] and [N_test, N] (see `feature_kernel`)."""
+    k_tt, k_st = self.full_kernels()
+    return (feature_kernel(k_tt, self.features_train, self.features_train, self.head_kernel),
+            feature_kernel(k_st, self.features_test, self.features_train, self.head_kernel))
 
 
 def memory_bytes(n_train: int, n_test: int, num_classes: int, num_params: int, *,
@@ -109,18 +128,21 @@ def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress):
   j_train = jnp.concatenate(j_train)  # [N, C, P]
   c = j_train.shape[1]
 
-  def gram(ja):  # [b, C, P] -> [b, N, C, C] or [b, N]
+  # J_train is an argument, not a closure: a captured array would become an
+  # XLA constant, and compiling a constant of N·C·P floats is slower than the product.
+  @jax.jit
+  def gram(ja, jb):  # [b, C, P], [N, C, P] -> [b, N, C, C] or [b, N]
     if traced:
-      return jnp.einsum('acp,bcp->ab', ja, j_train) / c
-    return jnp.einsum('acp,bdp->abcd', ja, j_train)
-  gram = jax.jit(gram)
+      return jnp.einsum('acp,bcp->ab', ja, jb) / c
+    return jnp.einsum('acp,bdp->abcd', ja, jb)
+
   k_tt = []
   for a, b in blocks:
-    k_tt.append(np.asarray(gram(j_train[a:b])))
+    k_tt.append(np.asarray(gram(j_train[a:b], j_train)))
     bar.update(1)
   k_st = []
   for a, b in test_blocks:
-    k_st.append(np.asarray(gram(jac(flat, x_test[a:b]))))
+    k_st.append(np.asarray(gram(jac(flat, x_test[a:b]), j_train)))
     bar.update(1)
   bar.close()
   shape = (0, n) if traced else (0, n, c, c)
@@ -191,8 +213,13 @@ def outputs(apply_fn: Callable, params: PyTree, x: np.ndarray, chunk: int = 500)
 
 def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: np.ndarray, *,
               implementation: str = 'direct', traced: bool = False, block_size: int = 100,
-              memory_gb: float = 8.0, progress: bool = True) -> Linearization:
+              memory_gb: float = 8.0, features_fn: Callable | None = None,
+              progress: bool = True) -> Linearization:
   """Kernel, initial outputs and J w0 of `apply_fn` at `params` on train and test.
+
+  With `features_fn(params, x) -> [n, D]` (the features under a Dense head
+  `params['head']`), also what the head-aware model needs: the features, their
+  J w0, and the head.
 
   Says how much memory it needs before it starts and raises MemoryError, with
   the numbers, if that exceeds `memory_gb`.
@@ -217,6 +244,13 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
       fx_train_0=outputs(apply_fn, params, x_train), fx_test_0=outputs(apply_fn, params, x_test),
       jw0_train=jvp(apply_fn, params, params, x_train),
       jw0_test=jvp(apply_fn, params, params, x_test))
+  if features_fn is not None:
+    lin.features_train = outputs(features_fn, params, x_train)
+    lin.features_test = outputs(features_fn, params, x_test)
+    lin.jw0_features_train = jvp(features_fn, params, params, x_train)
+    lin.jw0_features_test = jvp(features_fn, params, params, x_test)
+    lin.head_kernel = np.asarray(params['head']['kernel'])
+    lin.head_bias = np.asarray(params['head']['bias'])
   lin.seconds = time.perf_counter() - start
   return lin
 
@@ -254,3 +288,23 @@ def flatten(k: np.ndarray) -> np.ndarray:
 def relative_drift(k0: np.ndarray, k1: np.ndarray) -> float:
   """‖Θ1 − Θ0‖_F / ‖Θ0‖_F."""
   return float(np.linalg.norm(k1 - k0) / np.linalg.norm(k0))
+
+
+def feature_kernel(k: np.ndarray, features_1: np.ndarray, features_2: np.ndarray,
+                   head_kernel: np.ndarray) -> np.ndarray:
+  """The isotropic feature kernel K_φ [N1, N2] under a Dense head, from the logit kernel.
+
+  With f = Wᵀ φ + b, Θ[i, j] = (φ_iᵀ φ_j + 1) I_C + Wᵀ G[i, j] W, G the kernel
+  of the features. Removing the head's part and tracing the rest gives
+  tr(Wᵀ G W) = tr(G W Wᵀ); for a fresh random head, independent of G with
+  E[W Wᵀ] ∝ I, its ratio to tr(Wᵀ W) estimates K_φ = tr(G)/D without the D
+  backward passes per sample that G itself would cost.
+
+  Args:
+    k: [N1, N2, C, C] logit kernel; features_1: [N1, D], features_2: [N2, D] at w0;
+    head_kernel: [D, C] the head's W at w0.
+  """
+  c = k.shape[-1]
+  head = features_1 @ features_2.T + 1.0
+  backbone = np.trace(k, axis1=2, axis2=3) - c * head
+  return backbone / np.sum(np.asarray(head_kernel, np.float64) ** 2)

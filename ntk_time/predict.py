@@ -17,7 +17,7 @@ from ntk_time import losses
 from ntk_time import ntk
 from ntk_time import sgd
 
-METHODS = ('sde', 'exact', 'full_batch')
+METHODS = ('sde', 'exact', 'full_batch', 'head_aware')
 CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -137,7 +137,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       'full_batch' or every order is given).
     method: 'sde' (the paper's SDE, num_paths paths), 'exact' (the minibatch
       simulator on `orders[i]` [S, T, B], or num_paths orders drawn from key),
-      'full_batch' (the deterministic B = N limit).
+      'full_batch' (the deterministic B = N limit), 'head_aware' (the
+      head-aware model of dynamics.simulate_head_aware on orders like 'exact';
+      needs a linearisation made with features_fn).
     loss, eval_every, targets: see dynamics / Targets.
     dt: SGD steps per Euler–Maruyama step (sde only).
     dtype: of the simulation (np.float64 needs jax_enable_x64).
@@ -161,6 +163,17 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
                 y_train=y_train, jw0_train=lin.jw0_train.astype(dtype),
                 k_test_train=k_st.astype(dtype), fx_test_0=lin.fx_test_0.astype(dtype),
                 y_test=y_test, jw0_test=lin.jw0_test.astype(dtype))
+  if method == 'head_aware':
+    if not lin.head_aware:
+      raise ValueError("method 'head_aware' needs ntk.linearize(..., features_fn=...)")
+    k_phi, k_phi_st = lin.feature_kernels()
+    head_arrays = dict(k_phi=k_phi.astype(dtype), features_train_0=lin.features_train.astype(dtype),
+                       y_train=y_train, head_kernel=lin.head_kernel.astype(dtype),
+                       head_bias=lin.head_bias.astype(dtype),
+                       jw0_features_train=lin.jw0_features_train.astype(dtype),
+                       k_phi_test=k_phi_st.astype(dtype),
+                       features_test_0=lin.features_test.astype(dtype), y_test=y_test,
+                       jw0_features_test=lin.jw0_features_test.astype(dtype))
   results = []
   for i, hp in enumerate(configs):
     hp.validate(n)
@@ -168,16 +181,21 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     start = time.perf_counter()
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
                   weight_decay=hp.weight_decay, **arrays)
-    if method == 'sde':
-      keys = jax.random.split(jax.random.fold_in(key, i), num_paths)
-      curves, _, _ = dynamics.simulate_sde(keys, lrs, batch_size=hp.batch_size, dt=dt, **common)
-    elif method == 'exact':
+    if method in ('exact', 'head_aware'):
       if orders is not None and orders[i] is not None:
         o = np.asarray(orders[i])
       else:
         ks = jax.random.split(jax.random.fold_in(key, i), num_paths)
         o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps) for k in ks])
+    if method == 'sde':
+      keys = jax.random.split(jax.random.fold_in(key, i), num_paths)
+      curves, _, _ = dynamics.simulate_sde(keys, lrs, batch_size=hp.batch_size, dt=dt, **common)
+    elif method == 'exact':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
+    elif method == 'head_aware':
+      curves, _, _ = dynamics.simulate_head_aware(
+          o, lrs, loss=loss, eval_every=eval_every, momentum=hp.momentum, nesterov=hp.nesterov,
+          weight_decay=hp.weight_decay, **head_arrays)
     else:
       curves, _, _ = dynamics.simulate_full_batch(lrs, nesterov=hp.nesterov, **common)
     curves = jax.device_get(curves)
@@ -192,3 +210,15 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       out['curves'], out['times'] = _summarise(curves, steps, targets)
     results.append(out)
   return results
+
+
+def relative_error(predicted: float | None, real: float | None) -> float | None:
+  """|T̂ - T| / T; None when either time is missing (target never reached)."""
+  if predicted is None or real is None or real == 0:
+    return None
+  return abs(predicted - real) / real
+
+
+def curve_log_error(predicted: np.ndarray, real: np.ndarray) -> float:
+  """max_t |log L̂_t - log L_t| over the evaluated steps ([E] each)."""
+  return float(np.max(np.abs(np.log(np.asarray(predicted)) - np.log(np.asarray(real)))))

@@ -106,3 +106,35 @@ def pretrain(model: models.ResNet, task, *, key: jax.Array, epochs: int, batch_s
                   {'params': params, 'batch_stats': batch_stats}, dict(meta, **report))
   wd.write_json(os.path.join(workdir, 'pretrain.json'), report)
   return report
+
+
+def from_config(config, workdir: str, progress: bool = True) -> tuple[str, dict]:
+  """The pretrained checkpoint of `config`: (path, report).
+
+  `config.pretrain.checkpoint` names a user's own checkpoint file, used as is.
+  Otherwise the source model is pretrained into `workdir` (resuming an
+  interrupted run; returning at once when it is done). A workdir that holds a
+  pretraining run of another config is refused.
+  """
+  if config.pretrain.checkpoint:
+    _, meta = checkpoint.read(config.pretrain.checkpoint)
+    return config.pretrain.checkpoint, meta
+  meta = {'model': config.model.to_dict(), 'source': config.source.to_dict(),
+          'pretrain': config.pretrain.to_dict(), 'seed': config.seed}
+  config_path = os.path.join(workdir, 'config.json')
+  if os.path.exists(config_path) and wd.config_hash(wd.read_json(config_path)) != wd.config_hash(meta):
+    raise ValueError(f'{workdir} holds a pretraining run of another config; use another workdir '
+                     'or delete it')
+  path = os.path.join(workdir, 'checkpoint.msgpack')
+  done = os.path.join(workdir, 'pretrain.json')
+  if os.path.exists(done) and os.path.exists(path):
+    return path, wd.read_json(done)
+  from ntk_time import data  # pylint: disable=g-import-not-at-top
+  task = data.task_from_config(config.source)
+  model = models.model_from_config(config.model, task.num_classes)
+  wd.write_json(config_path, meta)
+  p = config.pretrain
+  report = pretrain(model, task, key=jax.random.key(config.seed), epochs=p.epochs,
+                    batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+                    workdir=workdir, meta=meta, progress=progress)
+  return path, report

@@ -1,0 +1,46 @@
+# Aliases for commands that also work typed out by hand (see README.md).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+WORKDIR ?= workdirs/default
+
+.PHONY: setup data test demo bench accuracy
+
+setup: $(VENV)/.installed data
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
+data:
+	@if [ ! -f $(FMNIST) ]; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else \
+	    echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'" >&2; \
+	  fi; \
+	fi
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m experiments.compare --config ntk_time/configs/default.py --workdir $(WORKDIR)
+
+bench: setup
+	$(PY) -m experiments.bench_kernel
+
+# The accuracy study of the README: the demo grid with 2 seeds, and two other targets
+# fine-tuned from the same pretrained checkpoint.
+ACC := workdirs/accuracy
+accuracy: setup
+	$(PY) -m experiments.compare --config ntk_time/configs/default.py --workdir $(ACC)/fashion \
+	  --config.finetune.seeds=2
+	$(PY) -m experiments.compare --config ntk_time/configs/digits.py --workdir $(ACC)/digits \
+	  --config.pretrain.checkpoint=$(ACC)/fashion/pretrain/checkpoint.msgpack
+	$(PY) -m experiments.compare --config ntk_time/configs/fashion14.py --workdir $(ACC)/fashion14 \
+	  --config.pretrain.checkpoint=$(ACC)/fashion/pretrain/checkpoint.msgpack
+	$(PY) -m experiments.report $(ACC)/fashion $(ACC)/digits $(ACC)/fashion14

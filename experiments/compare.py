@@ -1,0 +1,332 @@
+r"""Predicted vs real fine-tuning over a hyper-parameter grid: the main job.
+
+  python -m experiments.compare --config ntk_time/configs/default.py --workdir workdirs/default
+
+Computes the kernel once, predicts every configuration (the paper's SDE, and
+the exact simulator replaying the real batch orders), fine-tunes every
+configuration for real with the same batch orders, and writes summary.json,
+summary.csv and three PNG figures to the workdir. Rerunning reuses the
+pretraining, the kernel and every finished real run.
+"""
+
+import itertools
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+from ntk_time import checkpoint
+from ntk_time import data
+from ntk_time import finetune
+from ntk_time import models
+from ntk_time import ntk
+from ntk_time import plots
+from ntk_time import predict
+from ntk_time import pretrain
+from ntk_time import sgd
+from ntk_time import workdir as wd
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'ntk_time/configs/default.py', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
+
+TIMES = ('t_eps', 't_target_loss', 't_eps_acc', 't_target_acc')
+
+
+def grid(ft) -> list[sgd.SGD]:
+  """The product of the learning rate, batch size, momentum and weight-decay lists."""
+  return [sgd.SGD(lr=float(lr), batch_size=int(b), steps=ft.steps, momentum=float(m),
+                  nesterov=ft.nesterov, weight_decay=float(w), schedule=ft.schedule)
+          for lr, b, m, w in itertools.product(ft.lr, ft.batch_size, ft.momentum, ft.weight_decay)]
+
+
+def config_name(hp: sgd.SGD) -> str:
+  return f'lr{hp.lr:g}_B{hp.batch_size}_m{hp.momentum:g}_wd{hp.weight_decay:g}'
+
+
+def targets_from_config(p) -> predict.Targets:
+  return predict.Targets(eps=p.eps, target_loss=p.target_loss or None, eps_acc=p.eps_acc,
+                         target_acc=p.target_acc or None)
+
+
+def _kernel(apply_fn, features_fn, params, task, config, workdir, kernel_hash, progress):
+  path = os.path.join(workdir, 'kernel.npz')
+  cached = wd.load_if_hash(path, kernel_hash)
+  if cached is not None:
+    return ntk.Linearization(**{k: v for k, v in cached.items() if k != 'config_hash'})
+  k = config.kernel
+  lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, implementation=k.implementation,
+                      traced=k.traced, block_size=k.block_size, memory_gb=k.memory_gb,
+                      features_fn=features_fn, progress=progress)
+  wd.write_npz(path, config_hash=kernel_hash, **lin.arrays())
+  return lin
+
+
+def _real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_sub, drift_x,
+              progress):
+  """One real fine-tuning run (reused if finished), with its kernel drift."""
+  done = os.path.join(run_dir, 'run.json')
+  if os.path.exists(done) and wd.read_json(done).get('config_hash') == run_hash:
+    run = wd.read_json(done)
+    arrays = wd.read_npz(os.path.join(run_dir, 'curves.npz'))
+    return run, arrays
+  ft = config.finetune
+  result = finetune.finetune(apply_fn, params, task, hp, order, loss=ft.loss,
+                             eval_every=ft.eval_every, workdir=run_dir, progress=progress)
+  run = wd.read_json(done)
+  if k0_sub is not None:
+    # Θ on a fixed subset at the real final weights vs at w0 (DESIGN §3.5).
+    k1_sub, _ = ntk.empirical_ntk(apply_fn, result['params'], drift_x,
+                                  block_size=config.kernel.block_size)
+    run['kernel_drift'] = ntk.relative_drift(k0_sub, k1_sub)
+  run['config_hash'] = run_hash
+  wd.write_json(done, run)
+  return run, wd.read_npz(os.path.join(run_dir, 'curves.npz'))
+
+
+def _real_times(curves_per_seed, targets):
+  per_seed = [predict.training_times(c['steps'], c['train_loss'], c['train_acc'], targets)
+              for c in curves_per_seed]
+  out = {}
+  for name in per_seed[0]:
+    vals = [t[name] for t in per_seed]
+    ok = [v for v in vals if v is not None]
+    mean = float(np.mean(vals)) if len(ok) == len(vals) else None
+    spread = (max(ok) - min(ok)) / mean if mean else None
+    out[name] = {'per_seed': vals, 'mean': mean, 'spread': spread}
+  return out
+
+
+def run(config, workdir: str, progress: bool = True) -> dict:
+  """Runs the comparison; returns the summary also written to summary.json."""
+  t_start = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
+  ft, pc = config.finetune, config.predict
+  targets = targets_from_config(pc)
+  if pc.dtype not in ('float32', 'float64'):
+    raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
+  if ft.seeds < 1:
+    raise ValueError(f'finetune.seeds must be >= 1, got {ft.seeds}')
+  configs = grid(ft)
+  finetune.eval_steps(ft.steps, ft.eval_every)  # validates before any work is done
+  key = jax.random.key(config.seed)
+  key_head, key_order, key_sde, key_time = jax.random.split(key, 4)
+  del key
+
+  # Pretrained model with a fresh head on the target task.
+  ckpt_path, pre_report = pretrain.from_config(config, os.path.join(workdir, 'pretrain'), progress)
+  task = data.task_from_config(config.target)
+  for hp in configs:
+    hp.validate(len(task.x_train))
+  image_shape = task.x_train.shape[1:]
+  source_model = models.model_from_config(config.model, len(config.source.classes))
+  pretrained, _ = checkpoint.load(ckpt_path, source_model, image_shape)
+  model = models.model_from_config(config.model, task.num_classes)
+  variables = models.replace_head(model, pretrained, key_head, image_shape)
+  params = variables['params']
+  apply_fn = models.make_apply_fn(model, variables['batch_stats'])
+  features_fn = models.make_features_fn(model, variables['batch_stats'])
+
+  # The kernel, once.
+  base = {'checkpoint': wd.config_hash(pre_report), 'ckpt_path': os.path.abspath(ckpt_path),
+          'model': config.model.to_dict(), 'target': config.target.to_dict(), 'seed': config.seed}
+  kernel_hash = wd.config_hash({**base, 'kernel': config.kernel.to_dict(), 'features': True})
+  lin = _kernel(apply_fn, features_fn, params, task, config, workdir, kernel_hash, progress)
+  kernel_report = ntk.check_kernel(lin.k_train_train)
+  n_drift = min(config.kernel.drift_samples, len(task.x_train))
+  drift_x = task.x_train[:n_drift]
+  k0_sub = ntk.empirical_ntk(apply_fn, params, drift_x, block_size=config.kernel.block_size)[0] \
+      if n_drift else None
+
+  # Same batch orders for the real runs and the replaying simulator.
+  orders = [np.stack([sgd.batch_order(jax.random.fold_in(key_order, s), len(task.x_train),
+                                      hp.batch_size, hp.steps) for s in range(ft.seeds)])
+            for hp in configs]
+
+  # Predictions: the paper's SDE; the exact simulator of the linearised model on
+  # the batch orders the real runs will use; the head-aware model on the same orders.
+  dtype = np.float64 if pc.dtype == 'float64' else np.float32
+  common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
+  t0 = time.perf_counter()
+  # Seconds per step depend on the batch size only, so one timing per batch size.
+  step_seconds = {b: finetune.seconds_per_step(
+      apply_fn, params, task, sgd.SGD(lr=1e-3, batch_size=b, steps=1), loss=ft.loss,
+      key=jax.random.fold_in(key_time, b)) for b in sorted({hp.batch_size for hp in configs})}
+  step_timing_seconds = time.perf_counter() - t0
+  preds = {
+      'sde': predict.predict(lin, task.y_train, task.y_test, configs, key=key_sde, method='sde',
+                             num_paths=pc.num_paths, dt=pc.dt, **common),
+      'replay': predict.predict(lin, task.y_train, task.y_test, configs, method='exact',
+                                orders=orders, **common),
+      'head_aware': predict.predict(lin, task.y_train, task.y_test, configs, method='head_aware',
+                                    orders=orders, **common),
+  }
+
+  # Real fine-tuning, every configuration and seed.
+  rows = []
+  bar_desc = f'{len(configs)} configs × {ft.seeds} seeds'
+  for i, hp in enumerate(configs):
+    runs, curves = [], []
+    for s in range(ft.seeds):
+      name = f'{config_name(hp)}_s{s}'
+      if progress:
+        print(f'[{bar_desc}] real run {i * ft.seeds + s + 1}: {name}')
+      run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'seed_run': s, 'loss': ft.loss,
+                                 'eval_every': ft.eval_every, 'drift': n_drift})
+      r, c = _real_run(apply_fn, params, task, hp, orders[i][s], config,
+                       os.path.join(workdir, 'runs', name), run_hash,
+                       k0_sub if s == 0 else None, drift_x, progress)
+      runs.append(r)
+      curves.append(c)
+    real_times = _real_times(curves, targets)
+    real_mean_loss = np.mean([c['train_loss'] for c in curves], axis=0)
+    row = {'name': config_name(hp), 'hparams': hp.to_dict(), 'horizon': hp.steps,
+           'eval_every': ft.eval_every, 'eps': targets.eps, 'steps': curves[0]['steps'],
+           'real': {'curves': {k: [c[k] for c in curves] for k in predict.CURVES},
+                    'times': real_times,
+                    'train_seconds': [r['train_seconds'] for r in runs],
+                    'seconds_per_step': float(np.mean([r['seconds_per_step'] for r in runs])),
+                    'kernel_drift': runs[0].get('kernel_drift')},
+           'predicted': {}, 'errors': {}}
+    for method, results in preds.items():
+      p = results[i]
+      row['predicted'][method] = p
+      err = {'curve_log_error': None if p['diverged'] else
+             predict.curve_log_error(p['curves']['train_loss']['mean'], real_mean_loss)}
+      for t in TIMES:
+        if t in real_times:
+          pt = None if p['diverged'] else p['times'][t]['mean_curve']
+          err[t] = predict.relative_error(pt, real_times[t]['mean'])
+      row['errors'][method] = err
+    sps = step_seconds[hp.batch_size]
+    t_pred = None if preds['sde'][i]['diverged'] else preds['sde'][i]['times']['t_eps']['mean_curve']
+    t_real = real_times['t_eps']['mean']
+    row['seconds'] = {'measured_step': sps, 'predicted_t_eps': predict.to_seconds(t_pred, sps),
+                      'real_t_eps': predict.to_seconds(t_real, row['real']['seconds_per_step'])}
+    rows.append(row)
+
+  costs = {'kernel_seconds': lin.seconds,
+           'sde_seconds': float(sum(p['seconds'] for p in preds['sde'])),
+           'replay_seconds': float(sum(p['seconds'] for p in preds['replay'])),
+           'head_aware_seconds': float(sum(p['seconds'] for p in preds['head_aware'])),
+           'step_timing_seconds': step_timing_seconds,
+           'train_seconds': float(sum(np.mean(r['real']['train_seconds']) for r in rows))}
+  costs['predict_seconds'] = costs['kernel_seconds'] + costs['sde_seconds'] + \
+      costs['step_timing_seconds']
+  costs['ratio'] = costs['train_seconds'] / costs['predict_seconds']
+  summary = {'config': config.to_dict(), 'methods': list(preds), 'pretrain': pre_report,
+             'task': {'n_train': len(task.x_train), 'n_test': len(task.x_test),
+                      'classes': task.class_names, 'num_params': models.num_params(params)},
+             'kernel': kernel_report, 'targets': targets.__dict__, 'costs': costs,
+             'aggregate': aggregate(rows, list(preds)), 'configs': rows,
+             'wall_seconds': time.perf_counter() - t_start}
+  wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+  write_csv(rows, os.path.join(workdir, 'summary.csv'))
+  summary['figures'] = plots.all_figures(wd.read_json(os.path.join(workdir, 'summary.json')),
+                                         workdir)
+  return summary
+
+
+def aggregate(rows, methods) -> dict:
+  """Median and max relative errors per method and definition, and the seed spread."""
+  out = {}
+  for m in methods:
+    out[m] = {}
+    for t in TIMES + ('curve_log_error',):
+      vals = [r['errors'][m].get(t) for r in rows]
+      ok = [v for v in vals if v is not None]
+      out[m][t] = {'median': float(np.median(ok)) if ok else None,
+                   'max': float(np.max(ok)) if ok else None,
+                   'missing': len(vals) - len(ok)}
+  spreads = [r['real']['times']['t_eps']['spread'] for r in rows]
+  out['real_seed_spread_t_eps'] = {'median': float(np.median([s for s in spreads if s is not None]))
+                                   if any(s is not None for s in spreads) else None}
+  drifts = [r['real']['kernel_drift'] for r in rows if r['real']['kernel_drift'] is not None]
+  out['kernel_drift'] = {'median': float(np.median(drifts)) if drifts else None,
+                         'max': float(np.max(drifts)) if drifts else None}
+  return out
+
+
+def _fmt(v, pct=False):
+  if v is None:
+    return '-'
+  return f'{100 * v:.0f}%' if pct else f'{v:.4g}'
+
+
+def write_csv(rows, path):
+  head = ['name', 'lr', 'batch_size', 'momentum', 'weight_decay', 'horizon', 'real_t_eps',
+          'real_t_eps_spread', 'sde_t_eps', 'sde_t_eps_q05', 'sde_t_eps_q95', 'replay_t_eps',
+          'sde_err_t_eps', 'replay_err_t_eps', 'real_t_target_loss', 'sde_t_target_loss',
+          'sde_err_t_target_loss', 'sde_curve_log_error', 'kernel_drift', 'real_train_seconds',
+          'sde_seconds', 'predicted_seconds_t_eps', 'real_seconds_t_eps']
+  lines = [','.join(head)]
+  for r in rows:
+    hp, real, sde, rep = r['hparams'], r['real']['times'], r['predicted']['sde'], \
+        r['predicted']['replay']
+    st = (lambda k, q: None if sde['diverged'] else sde['times'][k][q])
+    vals = [r['name'], hp['lr'], hp['batch_size'], hp['momentum'], hp['weight_decay'],
+            r['horizon'], real['t_eps']['mean'], real['t_eps']['spread'],
+            st('t_eps', 'mean_curve'), st('t_eps', 'q05'), st('t_eps', 'q95'),
+            None if rep['diverged'] else rep['times']['t_eps']['mean_curve'],
+            r['errors']['sde'].get('t_eps'), r['errors']['replay'].get('t_eps'),
+            real.get('t_target_loss', {}).get('mean'),
+            st('t_target_loss', 'mean_curve') if 't_target_loss' in real else None,
+            r['errors']['sde'].get('t_target_loss'), r['errors']['sde']['curve_log_error'],
+            r['real']['kernel_drift'], float(np.mean(r['real']['train_seconds'])),
+            sde['seconds'], r['seconds']['predicted_t_eps'], r['seconds']['real_t_eps']]
+    lines.append(','.join('' if v is None else (f'{v:.6g}' if isinstance(v, float) else str(v))
+                          for v in vals))
+  wd._atomic_write(path, lambda f: f.write(('\n'.join(lines) + '\n').encode()))  # pylint: disable=protected-access
+
+
+def print_table(summary):
+  methods = summary['methods']
+  head = f"{'configuration':24s} {'real T_eps':>10s} {'spread':>6s} {'drift':>6s}"
+  for m in methods:
+    head += f" | {m + ' T_eps [5-95%]':>24s} {'err':>5s}"
+  print('\n' + head)
+  for r in summary['configs']:
+    real = r['real']['times']
+    line = (f"{r['name']:24s} {_fmt(real['t_eps']['mean']):>10s} "
+            f"{_fmt(real['t_eps']['spread'], True):>6s} {_fmt(r['real']['kernel_drift']):.6s}")
+    for m in methods:
+      p = r['predicted'][m]
+      if p['diverged']:
+        txt = f"diverges (lr > {p['lr_limit']:.3g})"
+      else:
+        t = p['times']['t_eps']
+        txt = f"{_fmt(t['mean_curve'])} [{_fmt(t['q05'])}-{_fmt(t['q95'])}]"
+      line += f" | {txt:>24s} {_fmt(r['errors'][m].get('t_eps'), True):>5s}"
+    print(line)
+  agg, c = summary['aggregate'], summary['costs']
+  print()
+  for m in methods:
+    a = agg[m]
+    tl = a.get('t_target_loss', {})
+    print(f"{m:10s} T_eps error: median {_fmt(a['t_eps']['median'], True)}, max "
+          f"{_fmt(a['t_eps']['max'], True)} | steps to loss <= target: median error "
+          f"{_fmt(tl.get('median'), True)}, max {_fmt(tl.get('max'), True)} "
+          f"({tl.get('missing', 0)} of {len(summary['configs'])} not comparable) | curve "
+          f"max|log L̂ - log L|: median {_fmt(a['curve_log_error']['median'])}")
+  print(f"real seed-to-seed T_eps spread: median {_fmt(agg['real_seed_spread_t_eps']['median'], True)}; "
+        f"kernel drift ‖Θ(w_T) - Θ(w_0)‖/‖Θ(w_0)‖: median {_fmt(agg['kernel_drift']['median'])}, "
+        f"max {_fmt(agg['kernel_drift']['max'])}")
+  print(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, SDE "
+        f"{c['sde_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f}) vs train "
+        f"{c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper; replay {c['replay_seconds']:.1f} s, "
+        f"head-aware {c['head_aware_seconds']:.1f} s")
+
+
+def main(_):
+  summary = run(_CONFIG.value, _WORKDIR.value)
+  print_table(summary)
+  print('\nwrote', os.path.join(_WORKDIR.value, 'summary.json'), 'and summary.csv')
+  for f in summary['figures']:
+    print('figure:', f)
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,18 @@
+r"""Far domain: the Fashion-MNIST 0–4 ResNet-8 fine-tuned on scikit-learn digits 0–4 (28×28).
+
+Part of the accuracy study (`make accuracy`); reuses the default pretrained checkpoint:
+
+  python -m experiments.compare --config ntk_time/configs/digits.py --workdir workdirs/digits \
+      --config.pretrain.checkpoint=workdirs/default/pretrain/checkpoint.msgpack
+"""
+
+from ntk_time.configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.target.update(source='digits', image_size=28, classes=(0, 1, 2, 3, 4), n_train=500, n_test=147,
+                  seed=1)
+  c.finetune.seeds = 2
+  c.predict.target_loss = 0.1
+  return c

@@ -1,0 +1,84 @@
+"""Every experiment script, end to end, on its smoke config."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from experiments import compare
+from ntk_time import checkpoint
+from ntk_time import models
+from ntk_time import pretrain
+from ntk_time.configs import smoke
+
+
+@pytest.fixture(scope='module')
+def smoke_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('compare'))
+  return workdir, compare.run(smoke.get_config(), workdir, progress=False)
+
+
+def test_compare_writes_summary_csv_and_figures(smoke_run):
+  workdir, summary = smoke_run
+  for f in ('summary.json', 'summary.csv', 'loss_curves.png', 'training_times.png', 'costs.png',
+            'kernel.npz', 'pretrain/checkpoint.msgpack'):
+    assert os.path.exists(os.path.join(workdir, f)), f
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    on_disk = json.load(f)
+  assert len(on_disk['configs']) == 4
+  row = on_disk['configs'][0]
+  assert set(row['predicted']) == {'sde', 'replay'}
+  assert len(row['real']['curves']['train_loss'][0]) == len(row['steps'])
+  assert row['real']['kernel_drift'] > 0
+  assert on_disk['costs']['train_seconds'] > 0 and on_disk['costs']['kernel_seconds'] > 0
+  with open(os.path.join(workdir, 'summary.csv')) as f:
+    assert len(f.read().strip().splitlines()) == 5
+
+
+def test_replay_of_real_orders_tracks_the_real_run(smoke_run):
+  """The exact simulator on the real batch order starts where the real run starts."""
+  _, summary = smoke_run
+  for row in summary['configs']:
+    real = np.asarray(row['real']['curves']['train_loss'][0])
+    pred = row['predicted']['replay']['curves']['train_loss']['mean']
+    assert real[0] == pytest.approx(pred[0], rel=1e-4)
+    # A few small steps on a tiny net: the linearisation is still close.
+    np.testing.assert_allclose(pred, real, rtol=0.05)
+
+
+def test_compare_rerun_reuses_everything(smoke_run):
+  workdir, first = smoke_run
+  mtimes = {f: os.path.getmtime(os.path.join(workdir, f)) for f in
+            ('kernel.npz', 'pretrain/checkpoint.msgpack')}
+  again = compare.run(smoke.get_config(), workdir, progress=False)
+  for f, t in mtimes.items():
+    assert os.path.getmtime(os.path.join(workdir, f)) == t, f
+  for a, b in zip(first['configs'], again['configs']):
+    assert a['real']['times'] == b['real']['times']
+    np.testing.assert_array_equal(a['predicted']['sde']['curves']['train_loss']['mean'],
+                                  b['predicted']['sde']['curves']['train_loss']['mean'])
+
+
+def test_user_checkpoint_goes_through_the_same_path(smoke_run, tmp_path):
+  workdir, _ = smoke_run
+  config = smoke.get_config()
+  config.pretrain.checkpoint = os.path.join(workdir, 'pretrain', 'checkpoint.msgpack')
+  path, meta = pretrain.from_config(config, str(tmp_path / 'unused'))
+  assert path == config.pretrain.checkpoint and 'train_acc' in meta
+  wrong = models.create_model('ResNetTiny', 4, num_filters=4)
+  with pytest.raises(ValueError, match='does not match the model'):
+    checkpoint.load(path, wrong, (8, 8, 1))
+
+
+def test_pretraining_resumes(tmp_path):
+  config = smoke.get_config()
+  config.pretrain.epochs = 2
+  _, report = pretrain.from_config(config, str(tmp_path), progress=False)
+  assert report['epochs'] == 2 and 0.2 < report['train_acc'] <= 1.0
+  os.remove(tmp_path / 'pretrain.json')  # as if stopped after the last epoch's state was saved
+  _, again = pretrain.from_config(config, str(tmp_path), progress=False)
+  assert again['train_acc'] == report['train_acc'] and again['seconds'] == report['seconds']
+  config.pretrain.lr = 0.5
+  with pytest.raises(ValueError, match='another config'):
+    pretrain.from_config(config, str(tmp_path), progress=False)

@@ -1,0 +1,102 @@
+"""Training-time definitions and the grid predictor."""
+
+import jax
+import numpy as np
+import pytest
+
+from ntk_time import dynamics
+from ntk_time import ntk
+from ntk_time import predict
+from ntk_time import sgd
+
+STEPS = np.arange(0, 101, 10)
+
+
+def test_t_eps_monotone():
+  loss = np.exp(-STEPS / 20.0)  # L_T = e^-5 = 0.0067
+  # |L_t - L_T| < 0.05 first at t = 60 (e^-3 - e^-5 = 0.043; e^-2.5 - e^-5 = 0.075).
+  assert predict.t_eps(STEPS, loss, 0.05) == 60
+  assert predict.t_eps(STEPS, loss, 10.0) == 0
+
+
+def test_t_eps_noisy_curve_takes_first_entry():
+  loss = np.array([1.0, 0.5, 0.2, 0.33, 0.21, 0.25, 0.24, 0.26, 0.25, 0.24, 0.25])
+  assert predict.t_eps(STEPS, loss, 0.05) == 20  # 0.2 is within 0.05 of 0.25, even if it leaves
+
+
+def test_t_eps_never_converging():
+  loss = 1.0 - STEPS / 100.0  # still falling at the horizon
+  assert predict.t_eps(STEPS, loss, 0.05) == 100
+  assert predict.t_eps(STEPS, loss, 0.15) == 90
+
+
+def test_first_reaching():
+  loss = np.exp(-STEPS / 20.0)
+  assert predict.first_reaching(STEPS, loss, 0.1) == 50
+  assert predict.first_reaching(STEPS, loss, 1e-9) is None
+  acc = np.linspace(0.2, 0.9, 11)
+  assert predict.first_reaching(STEPS, acc, 0.55, below=False) == 50
+
+
+def test_targets_validate():
+  with pytest.raises(ValueError, match='eps=0'):
+    predict.Targets(eps=0)
+
+
+def _lin(n=12, c=3, nt_=5, seed=0, scale=1.0):
+  rng = np.random.default_rng(seed)
+  feats = rng.normal(size=(n + nt_, c, 60)) / np.sqrt(60)
+  k = np.einsum('icp,jdp->ijcd', feats, feats[:n]) * scale
+  f = rng.normal(size=(n + nt_, c)) * 0.1
+  lin = ntk.Linearization(k[:n], k[n:], f[:n], f[n:], np.zeros((n, c)), np.zeros((nt_, c)))
+  return lin, rng.integers(0, c, n), rng.integers(0, c, nt_)
+
+
+def test_predict_grid_and_bands():
+  lin, y, yt = _lin()
+  configs = [sgd.SGD(lr=lr, batch_size=4, steps=40, momentum=m) for lr in (0.5, 2.0)
+             for m in (0.0, 0.5)]
+  targets = predict.Targets(eps=0.02, target_loss=0.8)
+  out = predict.predict(lin, y, yt, configs, key=jax.random.key(0), method='sde', loss='mse',
+                        eval_every=10, targets=targets, num_paths=16)
+  assert len(out) == 4
+  for r in out:
+    assert not r['diverged']
+    c = r['curves']['train_loss']
+    assert np.all(c['q05'] <= c['q50'] + 1e-12) and np.all(c['q50'] <= c['q95'] + 1e-12)
+    t = r['times']['t_eps']
+    assert t['q05'] <= t['q50'] <= t['q95']
+  # A larger effective learning rate trains faster.
+  assert out[3]['curves']['train_loss']['mean'][-1] < out[0]['curves']['train_loss']['mean'][-1]
+
+
+def test_full_batch_method_is_the_closed_form():
+  lin, y, yt = _lin()
+  hp = sgd.SGD(lr=0.5, batch_size=12, steps=50)
+  [r] = predict.predict(lin, y, yt, [hp], method='full_batch', loss='mse', eval_every=10,
+                        targets=predict.Targets(), dtype=np.float32)
+  closed = dynamics.mse_closed_form(lin.k_train_train, lin.fx_train_0, y, 0.5, r['steps'],
+                                    discrete=True)
+  np.testing.assert_allclose(r['curves']['train_loss']['mean'], closed, rtol=1e-4)
+
+
+def test_divergence_is_reported_with_the_limit():
+  lin, y, yt = _lin(scale=50.0)
+  lam = np.linalg.eigvalsh(ntk.flatten(lin.k_train_train))[-1]
+  limit = predict.lr_limit(lam, 12, 'mse')
+  hp = sgd.SGD(lr=3 * limit, batch_size=12, steps=200)
+  [r] = predict.predict(lin, y, yt, [hp], method='full_batch', loss='mse', eval_every=10,
+                        targets=predict.Targets())
+  assert r['diverged'] and r['curves'] is None and r['times'] is None
+  assert r['lr_limit'] == pytest.approx(limit)
+  [ok] = predict.predict(lin, y, yt, [sgd.SGD(lr=0.9 * limit, batch_size=12, steps=200)],
+                         method='full_batch', loss='mse', eval_every=10, targets=predict.Targets())
+  assert not ok['diverged']
+
+
+def test_to_seconds_and_errors():
+  assert predict.to_seconds(200, 0.01) == pytest.approx(2.0)
+  assert predict.to_seconds(None, 0.01) is None
+  assert predict.relative_error(120, 100) == pytest.approx(0.2)
+  assert predict.relative_error(None, 100) is None
+  assert predict.curve_log_error(np.array([1.0, np.e]), np.array([1.0, 1.0])) == pytest.approx(1.0)
