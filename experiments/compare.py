@@ -15,6 +15,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 from ml_collections import config_flags
@@ -321,6 +322,7 @@ def print_table(summary):
 
 
 def main(_):
+  logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
   summary = run(_CONFIG.value, _WORKDIR.value)
   print_table(summary)
   print('\nwrote', os.path.join(_WORKDIR.value, 'summary.json'), 'and summary.csv')

@@ -8,6 +8,7 @@ interrupted run and returns at once when the checkpoint exists.
 
 from absl import app
 from absl import flags
+from absl import logging
 from ml_collections import config_flags
 
 from ntk_time import pretrain
@@ -17,6 +18,7 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
 
 
 def main(_):
+  logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
   path, report = pretrain.from_config(_CONFIG.value, _WORKDIR.value)
   print(f"source accuracy: train {report['train_acc']:.3f}, test {report['test_acc']:.3f} "
         f"({report['epochs']} epochs, {report['seconds']:.0f} s of training); checkpoint: {path}")

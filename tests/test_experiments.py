@@ -28,7 +28,7 @@ def test_compare_writes_summary_csv_and_figures(smoke_run):
     on_disk = json.load(f)
   assert len(on_disk['configs']) == 4
   row = on_disk['configs'][0]
-  assert set(row['predicted']) == {'sde', 'replay'}
+  assert set(row['predicted']) == {'sde', 'replay', 'head_aware'}
   assert len(row['real']['curves']['train_loss'][0]) == len(row['steps'])
   assert row['real']['kernel_drift'] > 0
   assert on_disk['costs']['train_seconds'] > 0 and on_disk['costs']['kernel_seconds'] > 0

@@ -25,7 +25,7 @@ def test_loss_decreases_and_order_replays_exactly(tiny_task, tmp_path):
   order = sgd.batch_order(jax.random.key(1), 30, 10, 20)
   a = finetune.finetune(apply_fn, params, task, hp, order, loss='cross_entropy', eval_every=5,
                         workdir=str(tmp_path), progress=False)
-  assert a['curves'].train_loss[-1] < 0.7 * a['curves'].train_loss[0]
+  assert a['curves'].train_loss[-1] < 0.9 * a['curves'].train_loss[0]
   saved = np.load(tmp_path / 'curves.npz')
   np.testing.assert_array_equal(saved['order'], order)
   assert (tmp_path / 'metrics.jsonl').read_text().count('\n') == 5

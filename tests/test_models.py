@@ -50,7 +50,7 @@ def test_replace_head(tiny):
   model, variables = tiny
   target = models.create_model('ResNetTiny', 3)
   new = models.replace_head(target, variables, jax.random.key(7), (8, 8, 1))
-  assert new['params']['head']['kernel'].shape == (16, 3)
+  assert new['params']['head']['kernel'].shape == (4, 3)
   assert np.abs(new['params']['head']['kernel']).max() > 0  # never a zero head
   np.testing.assert_array_equal(new['params']['stem_conv']['kernel'],
                                 variables['params']['stem_conv']['kernel'])
@@ -82,7 +82,7 @@ def test_checkpoint_errors(tiny, tmp_path):
   with pytest.raises(FileNotFoundError, match='checkpoint not found'):
     checkpoint.load(path, model, (8, 8, 1))
   checkpoint.save(path, variables)
-  with pytest.raises(ValueError, match=r"head/kernel: expected \(16, 3\), got \(16, 5\)"):
+  with pytest.raises(ValueError, match=r"head/kernel: expected \(4, 3\), got \(4, 5\)"):
     checkpoint.load(path, models.create_model('ResNetTiny', 3), (8, 8, 1))
   with pytest.raises(ValueError, match='missing'):
     checkpoint.load(path, models.create_model('ResNet8', 5), (8, 8, 1))

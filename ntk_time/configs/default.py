@@ -42,7 +42,7 @@ def get_config() -> mlc.ConfigDict:
   c.kernel = mlc.ConfigDict(dict(
       implementation='direct',  # 'direct', 'nt_jacobian_contraction' or 'nt_ntvp'
       traced=False,             # class-traced K ⊗ I_C approximation instead of the full kernel
-      block_size=100,           # samples per Jacobian block
+      block_size=100,           # samples per Jacobian block (see experiments/bench_kernel.py)
       memory_gb=8.0,            # refuse to start a kernel that needs more than this
       drift_samples=100))       # samples on which the kernel drift of each real run is measured
 
