@@ -267,7 +267,7 @@ def write_csv(rows, path):
   for r in rows:
     hp, real, sde, rep = r['hparams'], r['real']['times'], r['predicted']['sde'], \
         r['predicted']['replay']
-    st = (lambda k, q: None if sde['diverged'] else sde['times'][k][q])
+    st = (lambda k, q, sde=sde: None if sde['diverged'] else sde['times'][k][q])
     vals = [r['name'], hp['lr'], hp['batch_size'], hp['momentum'], hp['weight_decay'],
             r['horizon'], real['t_eps']['mean'], real['t_eps']['spread'],
             st('t_eps', 'mean_curve'), st('t_eps', 'q05'), st('t_eps', 'q95'),

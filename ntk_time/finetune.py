@@ -62,8 +62,8 @@ def evaluate_fn(apply_fn: Callable, loss_name: str) -> Callable:
   def evaluate(params, x, y):
     tot_l, tot_c = 0.0, 0
     for i in range(0, len(x), EVAL_CHUNK):
-      l, c = sums(params, x[i:i + EVAL_CHUNK], y[i:i + EVAL_CHUNK])
-      tot_l += float(l)
+      loss_sum, c = sums(params, x[i:i + EVAL_CHUNK], y[i:i + EVAL_CHUNK])
+      tot_l += float(loss_sum)
       tot_c += int(c)
     return tot_l / len(x), tot_c / len(x)
   return evaluate

@@ -81,6 +81,9 @@ def training_times(summary: dict, path: str, definition: str = 't_eps') -> str:
     ax.set_ylim(lo_v, hi_v)
   ax.set_xscale('log')
   ax.set_yscale('log')
+  for axis in (ax.xaxis, ax.yaxis):  # labelled minor ticks collide on a short log range
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
   ax.set_xlabel(f'real {definition} (SGD steps)')
   ax.set_ylabel(f'predicted {definition} (SGD steps)')
   ax.legend(fontsize=8)

@@ -104,7 +104,7 @@ def _summarise(curves: dict, steps: np.ndarray, targets: Targets) -> tuple[dict,
                                            for q in QUANTILES}}
   mean_times = training_times(steps, summary['train_loss']['mean'],
                               summary['train_acc']['mean'], targets)
-  per_path = [training_times(steps, l, a, targets) for l, a in
+  per_path = [training_times(steps, lo, ac, targets) for lo, ac in
               zip(np.asarray(curves['train_loss']), np.asarray(curves['train_acc']))]
   times = {}
   for name, t_mean in mean_times.items():

@@ -82,3 +82,21 @@ def test_pretraining_resumes(tmp_path):
   config.pretrain.lr = 0.5
   with pytest.raises(ValueError, match='another config'):
     pretrain.from_config(config, str(tmp_path), progress=False)
+
+
+def test_quickstart_notebook_executes(smoke_run):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  workdir, _ = smoke_run
+  path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks',
+                      'quickstart.ipynb')
+  nb = nbformat.read(path, as_version=4)
+  os.environ['NTK_TIME_WORKDIR'] = workdir  # reuse the smoke run instead of making another
+  try:
+    nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
+                            resources={'metadata': {'path': os.path.dirname(path)}}).execute()
+  finally:
+    del os.environ['NTK_TIME_WORKDIR']
+  text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
+                 for o in c.get('outputs', []))
+  assert 'T_eps error' in text and 'cost ratio' in text

@@ -2,7 +2,6 @@
 
 import jax
 from jax.flatten_util import ravel_pytree
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
