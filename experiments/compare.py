@@ -20,19 +20,14 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-from ntk_time import checkpoint
-from ntk_time import data
 from ntk_time import finetune
 from ntk_time import models
 from ntk_time import ntk
 from ntk_time import plots
 from ntk_time import predict
-from ntk_time import pretrain
 from ntk_time import sgd
 from ntk_time import workdir as wd
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'ntk_time/configs/default.py', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
 
 TIMES = ('t_eps', 't_target_loss', 't_eps_acc', 't_target_acc')
 
@@ -118,15 +113,10 @@ def run(config, workdir: str, progress: bool = True) -> dict:
   del key
 
   # Pretrained model with a fresh head on the target task.
-  ckpt_path, pre_report = pretrain.from_config(config, os.path.join(workdir, 'pretrain'), progress)
-  task = data.task_from_config(config.target)
+  task, model, variables, pre_report, ckpt_path = finetune.target_from_config(
+      config, workdir, key_head, progress)
   for hp in configs:
     hp.validate(len(task.x_train))
-  image_shape = task.x_train.shape[1:]
-  source_model = models.model_from_config(config.model, len(config.source.classes))
-  pretrained, _ = checkpoint.load(ckpt_path, source_model, image_shape)
-  model = models.model_from_config(config.model, task.num_classes)
-  variables = models.replace_head(model, pretrained, key_head, image_shape)
   params = variables['params']
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   features_fn = models.make_features_fn(model, variables['batch_stats'])
@@ -331,4 +321,8 @@ def main(_):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a script, so that tests can import every experiment.
+  _CONFIG = config_flags.DEFINE_config_file('config', 'ntk_time/configs/default.py',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
   app.run(main)

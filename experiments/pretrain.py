@@ -13,8 +13,6 @@ from ml_collections import config_flags
 
 from ntk_time import pretrain
 
-_CONFIG = config_flags.DEFINE_config_file('config', 'ntk_time/configs/default.py', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
 
 
 def main(_):
@@ -25,4 +23,8 @@ def main(_):
 
 
 if __name__ == '__main__':
+  # Flags are defined only when run as a script, so that tests can import every experiment.
+  _CONFIG = config_flags.DEFINE_config_file('config', 'ntk_time/configs/default.py',
+                                            lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
   app.run(main)

@@ -187,3 +187,23 @@ def seconds_per_step(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, l
     jax.block_until_ready(step(state, (x[i], y[i])))
     times.append(time.perf_counter() - t0)
   return float(np.median(times))
+
+
+def target_from_config(config, workdir: str, key_head: jax.Array, progress: bool = True):
+  """The fine-tuning starting point of a config: pretrained backbone + fresh head.
+
+  Pretrains into `workdir/pretrain` unless the checkpoint exists there or
+  `config.pretrain.checkpoint` names one.
+
+  Returns:
+    (task, model, variables {'params', 'batch_stats'}, pretrain report, checkpoint path).
+  """
+  from ntk_time import checkpoint, data, models, pretrain  # pylint: disable=g-import-not-at-top
+  ckpt_path, report = pretrain.from_config(config, os.path.join(workdir, 'pretrain'), progress)
+  task = data.task_from_config(config.target)
+  image_shape = task.x_train.shape[1:]
+  source_model = models.model_from_config(config.model, len(config.source.classes))
+  pretrained, _ = checkpoint.load(ckpt_path, source_model, image_shape)
+  model = models.model_from_config(config.model, task.num_classes)
+  variables = models.replace_head(model, pretrained, key_head, image_shape)
+  return task, model, variables, report, ckpt_path

@@ -100,3 +100,13 @@ def test_quickstart_notebook_executes(smoke_run):
   text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
                  for o in c.get('outputs', []))
   assert 'T_eps error' in text and 'cost ratio' in text
+
+
+def test_finetune_script_matches_the_compare_run(smoke_run, tmp_path):
+  from experiments import finetune as finetune_script  # pylint: disable=g-import-not-at-top
+  workdir, summary = smoke_run
+  result = finetune_script.run(smoke.get_config(), workdir, index=1, seed=0, progress=False)
+  np.testing.assert_array_equal(result['curves'].train_loss,
+                                summary['configs'][1]['real']['curves']['train_loss'][0])
+  with pytest.raises(ValueError, match='--index=9 is outside the grid of 4'):
+    finetune_script.run(smoke.get_config(), workdir, index=9)
