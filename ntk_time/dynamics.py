@@ -254,8 +254,7 @@ def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=F
   Returns:
     [E] losses (float64).
   """
-  from ntk_time import ntk  # pylint: disable=g-import-not-at-top
-  k = ntk.flatten(np.asarray(k_train_train, np.float64))
+  k = _flat(np.asarray(k_train_train, np.float64))
   f0 = np.asarray(fx_train_0, np.float64)
   n, c = f0.shape
   e0 = (f0 - np.eye(c)[np.asarray(y_train)]).reshape(-1)

@@ -18,7 +18,11 @@ import numpy as np
 import optax
 import tqdm
 
+from ntk_time import checkpoint
+from ntk_time import data
 from ntk_time import losses
+from ntk_time import models
+from ntk_time import pretrain
 from ntk_time import sgd
 from ntk_time import workdir as wd
 
@@ -198,7 +202,6 @@ def target_from_config(config, workdir: str, key_head: jax.Array, progress: bool
   Returns:
     (task, model, variables {'params', 'batch_stats'}, pretrain report, checkpoint path).
   """
-  from ntk_time import checkpoint, data, models, pretrain  # pylint: disable=g-import-not-at-top
   ckpt_path, report = pretrain.from_config(config, os.path.join(workdir, 'pretrain'), progress)
   task = data.task_from_config(config.target)
   image_shape = task.x_train.shape[1:]

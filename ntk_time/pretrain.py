@@ -18,6 +18,7 @@ import optax
 import tqdm
 
 from ntk_time import checkpoint
+from ntk_time import data
 from ntk_time import losses
 from ntk_time import models
 from ntk_time import workdir as wd
@@ -129,7 +130,6 @@ def from_config(config, workdir: str, progress: bool = True) -> tuple[str, dict]
   done = os.path.join(workdir, 'pretrain.json')
   if os.path.exists(done) and os.path.exists(path):
     return path, wd.read_json(done)
-  from ntk_time import data  # pylint: disable=g-import-not-at-top
   task = data.task_from_config(config.source)
   model = models.model_from_config(config.model, task.num_classes)
   wd.write_json(config_path, meta)
