@@ -91,7 +91,8 @@ def _real_times(curves_per_seed, targets):
     vals = [t[name] for t in per_seed]
     ok = [v for v in vals if v is not None]
     mean = float(np.mean(vals)) if len(ok) == len(vals) else None
-    spread = (max(ok) - min(ok)) / mean if mean else None
+    # With one seed there is no spread to report, rather than a spread of 0.
+    spread = (max(ok) - min(ok)) / mean if mean and len(vals) > 1 else None
     out[name] = {'per_seed': vals, 'mean': mean, 'spread': spread}
   return out
 
