@@ -130,8 +130,12 @@ def run(config, workdir: str, progress: bool = True) -> dict:
   kernel_report = ntk.check_kernel(lin.k_train_train)
   n_drift = min(config.kernel.drift_samples, len(task.x_train))
   drift_x = task.x_train[:n_drift]
-  k0_sub = ntk.empirical_ntk(apply_fn, params, drift_x, block_size=config.kernel.block_size)[0] \
-      if n_drift else None
+  # Θ(w0) on the drift subset is a block of the full kernel already computed.
+  if lin.traced:
+    k0_sub = ntk.empirical_ntk(apply_fn, params, drift_x, block_size=config.kernel.block_size)[0]
+  else:
+    k0_sub = lin.k_train_train[:n_drift, :n_drift]
+  k0_sub = k0_sub if n_drift else None
 
   # Same batch orders for the real runs and the replaying simulator.
   orders = [np.stack([sgd.batch_order(jax.random.fold_in(key_order, s), len(task.x_train),
@@ -271,7 +275,7 @@ def write_csv(rows, path):
             sde['seconds'], r['seconds']['predicted_t_eps'], r['seconds']['real_t_eps']]
     lines.append(','.join('' if v is None else (f'{v:.6g}' if isinstance(v, float) else str(v))
                           for v in vals))
-  wd._atomic_write(path, lambda f: f.write(('\n'.join(lines) + '\n').encode()))  # pylint: disable=protected-access
+  wd.write_bytes(path, ('\n'.join(lines) + '\n').encode())
 
 
 def print_table(summary):

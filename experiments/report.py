@@ -50,7 +50,7 @@ def main(argv):
   text = table(workdirs)
   print(text)
   out = os.path.join(os.path.dirname(os.path.abspath(workdirs[0])), 'report.md')
-  wd._atomic_write(out, lambda f: f.write((text + '\n').encode()))  # pylint: disable=protected-access
+  wd.write_bytes(out, (text + '\n').encode())
   print('wrote', out)
 
 

@@ -27,7 +27,7 @@ def save(path: str, variables: PyTree, meta: dict | None = None) -> None:
            'batch_stats': jax.device_get(variables.get('batch_stats', {})),
            'meta': json.dumps(meta or {})}
   data = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(state))
-  wd._atomic_write(path, lambda f: f.write(data))  # pylint: disable=protected-access
+  wd.write_bytes(path, data)
 
 
 def read(path: str) -> tuple[PyTree, dict]:

@@ -91,7 +91,7 @@ def pretrain(model: models.ResNet, task, *, key: jax.Array, epochs: int, batch_s
     jax.block_until_ready(state)
     seconds += time.perf_counter() - t0
     blob = flax.serialization.to_bytes({'state': state, 'epoch': epoch + 1, 'seconds': seconds})
-    wd._atomic_write(state_path, lambda f, b=blob: f.write(b))  # pylint: disable=protected-access
+    wd.write_bytes(state_path, blob)
 
   params, batch_stats, _ = state
   apply_fn = jax.jit(models.make_apply_fn(model, batch_stats))

@@ -60,11 +60,6 @@ class SGD:
       raise ValueError(f'batch_size={self.batch_size} is larger than the training set (N={n_train})')
     return self
 
-  @property
-  def effective_lr(self) -> float:
-    """η / (1 - m), the learning rate of the momentum-free SDE (DESIGN §3.2)."""
-    return self.lr / (1.0 - self.momentum)
-
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 

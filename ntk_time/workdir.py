@@ -44,9 +44,13 @@ def _to_jsonable(obj: Any) -> Any:
   return obj
 
 
+def write_bytes(path: str, data: bytes) -> None:
+  _atomic_write(path, lambda f: f.write(data))
+
+
 def write_json(path: str, obj: Any) -> None:
   data = json.dumps(_to_jsonable(obj), indent=1, sort_keys=False).encode()
-  _atomic_write(path, lambda f: f.write(data))
+  write_bytes(path, data)
 
 
 def read_json(path: str) -> Any:
@@ -65,7 +69,7 @@ def read_npz(path: str) -> dict[str, np.ndarray]:
 
 def write_jsonl(path: str, rows: list[dict]) -> None:
   data = ''.join(json.dumps(_to_jsonable(r)) + '\n' for r in rows).encode()
-  _atomic_write(path, lambda f: f.write(data))
+  write_bytes(path, data)
 
 
 def config_hash(obj: Any) -> str:
