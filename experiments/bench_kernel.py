@@ -26,8 +26,10 @@ _C = flags.DEFINE_integer('classes', 5, 'classes (head width)')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench_kernel.json', 'JSON results')
 
 CASES = (('direct', 50), ('direct', 100), ('direct', 250), ('direct', 500),
-         ('nt_jacobian_contraction', 100), ('nt_jacobian_contraction', 500),
-         ('nt_ntvp', 100))
+         ('nt_jacobian_contraction', 100), ('nt_jacobian_contraction', 500))
+# 'nt_ntvp' is left out: with one block of 500 it asked for 455 GB, and with blocks
+# of 100 it had not finished when a 10-minute limit on the whole run ended it here
+# (tests/test_ntk.py checks it against J Jᵀ on a small net).
 
 
 def main(_):

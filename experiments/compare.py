@@ -2,14 +2,14 @@ r"""Predicted vs real fine-tuning over a hyper-parameter grid: the main job.
 
   python -m experiments.compare --config ntk_time/configs/default.py --workdir workdirs/default
 
-Computes the kernel once, predicts every configuration (the paper's SDE, and
-the exact simulator replaying the real batch orders), fine-tunes every
+Computes the kernel once, predicts every configuration (the paper's SDE, the
+exact simulator replaying the real batch orders, and the head-aware model on
+the same orders), fine-tunes every
 configuration for real with the same batch orders, and writes summary.json,
 summary.csv and three PNG figures to the workdir. Rerunning reuses the
 pretraining, the kernel and every finished real run.
 """
 
-import itertools
 import os
 import time
 
@@ -30,13 +30,6 @@ from ntk_time import workdir as wd
 
 
 TIMES = ('t_eps', 't_target_loss', 't_eps_acc', 't_target_acc')
-
-
-def grid(ft) -> list[sgd.SGD]:
-  """The product of the learning rate, batch size, momentum and weight-decay lists."""
-  return [sgd.SGD(lr=float(lr), batch_size=int(b), steps=ft.steps, momentum=float(m),
-                  nesterov=ft.nesterov, weight_decay=float(w), schedule=ft.schedule)
-          for lr, b, m, w in itertools.product(ft.lr, ft.batch_size, ft.momentum, ft.weight_decay)]
 
 
 def config_name(hp: sgd.SGD) -> str:
@@ -107,11 +100,10 @@ def run(config, workdir: str, progress: bool = True) -> dict:
     raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
   if ft.seeds < 1:
     raise ValueError(f'finetune.seeds must be >= 1, got {ft.seeds}')
-  configs = grid(ft)
+  configs = sgd.grid(ft)
   finetune.eval_steps(ft.steps, ft.eval_every)  # validates before any work is done
-  key = jax.random.key(config.seed)
-  key_head, key_order, key_sde, key_time = jax.random.split(key, 4)
-  del key
+  keys = sgd.run_keys(config.seed)
+  key_head, key_order, key_sde, key_time = keys['head'], keys['order'], keys['sde'], keys['time']
 
   # Pretrained model with a fresh head on the target task.
   task, model, variables, pre_report, ckpt_path = finetune.target_from_config(

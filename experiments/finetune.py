@@ -8,7 +8,6 @@ batch order of seed --seed, and writes metrics.jsonl, curves.npz (with the
 order) and run.json to <workdir>/run.
 """
 
-import itertools
 import os
 
 from absl import app
@@ -25,17 +24,15 @@ from ntk_time import sgd
 
 def run(config, workdir: str, index: int = 0, seed: int = 0, progress: bool = True) -> dict:
   ft = config.finetune
-  grid = list(itertools.product(ft.lr, ft.batch_size, ft.momentum, ft.weight_decay))
+  grid = sgd.grid(ft)
   if not 0 <= index < len(grid):
     raise ValueError(f'--index={index} is outside the grid of {len(grid)} configurations')
-  lr, b, m, w = grid[index]
-  hp = sgd.SGD(lr=float(lr), batch_size=int(b), steps=ft.steps, momentum=float(m),
-               nesterov=ft.nesterov, weight_decay=float(w), schedule=ft.schedule)
-  key = jax.random.key(config.seed)
-  key_head, key_order, _, _ = jax.random.split(key, 4)  # the same keys as compare.py
-  task, model, variables, _, _ = finetune.target_from_config(config, workdir, key_head, progress)
-  order = sgd.batch_order(jax.random.fold_in(key_order, seed), len(task.x_train), hp.batch_size,
-                          hp.steps)
+  hp = grid[index]
+  keys = sgd.run_keys(config.seed)  # the keys compare.py uses, so the runs are the same
+  task, model, variables, _, _ = finetune.target_from_config(config, workdir, keys['head'],
+                                                             progress)
+  order = sgd.batch_order(jax.random.fold_in(keys['order'], seed), len(task.x_train),
+                          hp.batch_size, hp.steps)
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   return finetune.finetune(apply_fn, variables['params'], task, hp, order, loss=ft.loss,
                            eval_every=ft.eval_every, workdir=os.path.join(workdir, 'run'),

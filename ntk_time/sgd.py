@@ -7,6 +7,7 @@ batches. Time is counted in SGD steps everywhere.
 """
 
 import dataclasses
+import itertools
 import math
 
 import jax
@@ -62,6 +63,20 @@ class SGD:
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
+
+
+def grid(ft) -> list[SGD]:
+  """The grid of a `finetune` config block: the product of its lr, batch_size,
+  momentum and weight_decay lists, in that order, sharing steps, nesterov and schedule."""
+  return [SGD(lr=float(lr), batch_size=int(b), steps=ft.steps, momentum=float(m),
+              nesterov=ft.nesterov, weight_decay=float(w), schedule=ft.schedule)
+          for lr, b, m, w in itertools.product(ft.lr, ft.batch_size, ft.momentum, ft.weight_decay)]
+
+
+def run_keys(seed: int) -> dict[str, jax.Array]:
+  """The named keys of one experiment seed: 'head' (the fresh head), 'order'
+  (batch orders; real seed s uses fold_in(order, s)), 'sde' (paths), 'time' (step timing)."""
+  return dict(zip(('head', 'order', 'sde', 'time'), jax.random.split(jax.random.key(seed), 4)))
 
 
 def learning_rate_fn(hp: SGD) -> optax.Schedule:
