@@ -6,20 +6,28 @@ Computes the kernel once, predicts every configuration (the paper's SDE, the
 exact simulator replaying the real batch orders, and the head-aware model on
 the same orders), fine-tunes every
 configuration for real with the same batch orders, and writes summary.json,
-summary.csv and three PNG figures to the workdir. Rerunning reuses the
-pretraining, the kernel and every finished real run.
+summary.csv and three PNG figures to the workdir.
+
+A workdir belongs to one config. Rerunning in it skips every finished stage
+(pretraining, kernel, predictions, real runs) and resumes an interrupted real
+run from its last saved state, with the same numbers as an uninterrupted run;
+a workdir of another config is refused unless --overwrite is given, which
+deletes it first.
 """
 
 import os
+import shutil
 import time
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
+import jax.experimental
 import numpy as np
 from ml_collections import config_flags
 
+from ntk_time import configs as config_lib
 from ntk_time import finetune
 from ntk_time import models
 from ntk_time import ntk
@@ -36,9 +44,56 @@ def config_name(hp: sgd.SGD) -> str:
   return f'lr{hp.lr:g}_B{hp.batch_size}_m{hp.momentum:g}_wd{hp.weight_decay:g}'
 
 
-def targets_from_config(p) -> predict.Targets:
-  return predict.Targets(eps=p.eps, target_loss=p.target_loss or None, eps_acc=p.eps_acc,
-                         target_acc=p.target_acc or None)
+def _claim(workdir: str, config, overwrite: bool) -> None:
+  """Makes `workdir` this config's, refusing one made with another config."""
+  path = os.path.join(workdir, 'config.json')
+  new = config.to_dict()
+  if os.path.exists(path):
+    old = wd.read_json(path)
+    if wd.config_hash(old) != wd.config_hash(new):
+      if not overwrite:
+        diff = _differences(old, wd.as_json(new))
+        raise ValueError(f'{workdir} holds a run of another config ({"; ".join(diff[:5])}); '
+                         'use another workdir, or --overwrite to delete it and start afresh')
+      shutil.rmtree(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  wd.write_json(path, new)
+
+
+def _differences(old: dict, new: dict, prefix: str = '') -> list[str]:
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f'{prefix}{k}.')
+    elif a != b:
+      out.append(f'{prefix}{k}: {a!r} there, {b!r} here')
+  return out
+
+
+def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pred_hash):
+  """Every method's predictions, reused from `path` if made for `pred_hash`.
+
+  Always returned as read back from JSON, so that a first run and a rerun
+  compute the summary from the same numbers.
+  """
+  if not (os.path.exists(path) and wd.read_json(path).get('config_hash') == pred_hash):
+    ft, pc = config.finetune, config.predict
+    dtype = np.float64 if pc.dtype == 'float64' else np.float32
+    common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
+    with jax.experimental.enable_x64(pc.dtype == 'float64'):
+      preds = {
+          'sde': predict.predict(lin, task.y_train, task.y_test, configs, key=key_sde,
+                                 method='sde', num_paths=pc.num_paths, dt=pc.dt, **common),
+          'replay': predict.predict(lin, task.y_train, task.y_test, configs, method='exact',
+                                    orders=orders, **common),
+          'head_aware': predict.predict(lin, task.y_train, task.y_test, configs,
+                                        method='head_aware', orders=orders, **common),
+      }
+    wd.write_json(path, {'config_hash': pred_hash, **preds})
+  preds = wd.read_json(path)
+  del preds['config_hash']
+  return preds
 
 
 def _kernel(apply_fn, features_fn, params, task, config, workdir, kernel_hash, progress):
@@ -56,7 +111,8 @@ def _kernel(apply_fn, features_fn, params, task, config, workdir, kernel_hash, p
 
 def _real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_sub, drift_x,
               progress):
-  """One real fine-tuning run (reused if finished), with its kernel drift."""
+  """One real fine-tuning run (reused if finished, resumed if interrupted), with its
+  kernel drift (None after a divergence)."""
   done = os.path.join(run_dir, 'run.json')
   if os.path.exists(done) and wd.read_json(done).get('config_hash') == run_hash:
     run = wd.read_json(done)
@@ -64,9 +120,10 @@ def _real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_s
     return run, arrays
   ft = config.finetune
   result = finetune.finetune(apply_fn, params, task, hp, order, loss=ft.loss,
-                             eval_every=ft.eval_every, workdir=run_dir, progress=progress)
+                             eval_every=ft.eval_every, workdir=run_dir,
+                             checkpoint_every=ft.checkpoint_every, progress=progress)
   run = wd.read_json(done)
-  if k0_sub is not None:
+  if k0_sub is not None and result['diverged_at'] is None:
     # Θ on a fixed subset at the real final weights vs at w0 (DESIGN §3.5).
     k1_sub, _ = ntk.empirical_ntk(apply_fn, result['params'], drift_x,
                                   block_size=config.kernel.block_size)
@@ -77,11 +134,12 @@ def _real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_s
 
 
 def _real_times(curves_per_seed, targets):
+  # A diverged run (NaN from some step on) has no training time.
   per_seed = [predict.training_times(c['steps'], c['train_loss'], c['train_acc'], targets)
-              for c in curves_per_seed]
+              if np.all(np.isfinite(c['train_loss'])) else None for c in curves_per_seed]
   out = {}
-  for name in per_seed[0]:
-    vals = [t[name] for t in per_seed]
+  for name in targets.definitions:
+    vals = [None if t is None else t[name] for t in per_seed]
     ok = [v for v in vals if v is not None]
     mean = float(np.mean(vals)) if len(ok) == len(vals) else None
     # With one seed there is no spread to report, rather than a spread of 0.
@@ -90,26 +148,19 @@ def _real_times(curves_per_seed, targets):
   return out
 
 
-def run(config, workdir: str, progress: bool = True) -> dict:
+def run(config, workdir: str, progress: bool = True, overwrite: bool = False) -> dict:
   """Runs the comparison; returns the summary also written to summary.json."""
   t_start = time.perf_counter()
-  os.makedirs(workdir, exist_ok=True)
+  configs = config_lib.check(config)  # before any work is done
   ft, pc = config.finetune, config.predict
-  targets = targets_from_config(pc)
-  if pc.dtype not in ('float32', 'float64'):
-    raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
-  if ft.seeds < 1:
-    raise ValueError(f'finetune.seeds must be >= 1, got {ft.seeds}')
-  configs = sgd.grid(ft)
-  finetune.eval_steps(ft.steps, ft.eval_every)  # validates before any work is done
+  targets = config_lib.targets_from_config(pc)
+  _claim(workdir, config, overwrite)
   keys = sgd.run_keys(config.seed)
   key_head, key_order, key_sde, key_time = keys['head'], keys['order'], keys['sde'], keys['time']
 
   # Pretrained model with a fresh head on the target task.
   task, model, variables, pre_report, ckpt_path = finetune.target_from_config(
       config, workdir, key_head, progress)
-  for hp in configs:
-    hp.validate(len(task.x_train))
   params = variables['params']
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   features_fn = models.make_features_fn(model, variables['batch_stats'])
@@ -136,22 +187,17 @@ def run(config, workdir: str, progress: bool = True) -> dict:
 
   # Predictions: the paper's SDE; the exact simulator of the linearised model on
   # the batch orders the real runs will use; the head-aware model on the same orders.
-  dtype = np.float64 if pc.dtype == 'float64' else np.float32
-  common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
   t0 = time.perf_counter()
   # Seconds per step depend on the batch size only, so one timing per batch size.
   step_seconds = {b: finetune.seconds_per_step(
       apply_fn, params, task, sgd.SGD(lr=1e-3, batch_size=b, steps=1), loss=ft.loss,
       key=jax.random.fold_in(key_time, b)) for b in sorted({hp.batch_size for hp in configs})}
   step_timing_seconds = time.perf_counter() - t0
-  preds = {
-      'sde': predict.predict(lin, task.y_train, task.y_test, configs, key=key_sde, method='sde',
-                             num_paths=pc.num_paths, dt=pc.dt, **common),
-      'replay': predict.predict(lin, task.y_train, task.y_test, configs, method='exact',
-                                orders=orders, **common),
-      'head_aware': predict.predict(lin, task.y_train, task.y_test, configs, method='head_aware',
-                                    orders=orders, **common),
-  }
+  pred_hash = wd.config_hash({'kernel': kernel_hash, 'grid': [hp.to_dict() for hp in configs],
+                              'predict': pc.to_dict(), 'loss': ft.loss,
+                              'eval_every': ft.eval_every, 'orders': wd.digest(*orders)})
+  preds = _predictions(lin, task, configs, orders, config, key_sde, targets,
+                       os.path.join(workdir, 'predictions.json'), pred_hash)
 
   # Real fine-tuning, every configuration and seed.
   rows = []
@@ -177,12 +223,14 @@ def run(config, workdir: str, progress: bool = True) -> dict:
                     'times': real_times,
                     'train_seconds': [r['train_seconds'] for r in runs],
                     'seconds_per_step': float(np.mean([r['seconds_per_step'] for r in runs])),
+                    'diverged_at': [r.get('diverged_at') for r in runs],
                     'kernel_drift': runs[0].get('kernel_drift')},
            'predicted': {}, 'errors': {}}
     for method, results in preds.items():
       p = results[i]
       row['predicted'][method] = p
-      err = {'curve_log_error': None if p['diverged'] else
+      comparable = not p['diverged'] and np.all(np.isfinite(real_mean_loss))
+      err = {'curve_log_error': None if not comparable else
              predict.curve_log_error(p['curves']['train_loss']['mean'], real_mean_loss)}
       for t in TIMES:
         if t in real_times:
@@ -278,7 +326,9 @@ def print_table(summary):
   print('\n' + head)
   for r in summary['configs']:
     real = r['real']['times']
-    line = (f"{r['name']:24s} {_fmt(real['t_eps']['mean']):>10s} "
+    stopped = [k for k in r['real']['diverged_at'] if k is not None]
+    t_real = f'diverged@{stopped[0]}' if stopped else _fmt(real['t_eps']['mean'])
+    line = (f"{r['name']:24s} {t_real:>10s} "
             f"{_fmt(real['t_eps']['spread'], True):>6s} {_fmt(r['real']['kernel_drift']):.6s}")
     for m in methods:
       p = r['predicted'][m]
@@ -302,6 +352,9 @@ def print_table(summary):
   print(f"real seed-to-seed T_eps spread: median {_fmt(agg['real_seed_spread_t_eps']['median'], True)}; "
         f"kernel drift ‖Θ(w_T) - Θ(w_0)‖/‖Θ(w_0)‖: median {_fmt(agg['kernel_drift']['median'])}, "
         f"max {_fmt(agg['kernel_drift']['max'])}")
+  k = summary['kernel']
+  print(f"kernel: symmetric to {k['asymmetry']:.1e}, eigenvalues in [{k['min_eig']:.3g}, "
+        f"{k['max_eig']:.3g}] (checked PSD)")
   print(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, SDE "
         f"{c['sde_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f}) vs train "
         f"{c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper; replay {c['replay_seconds']:.1f} s, "
@@ -310,7 +363,7 @@ def print_table(summary):
 
 def main(_):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
-  summary = run(_CONFIG.value, _WORKDIR.value)
+  summary = run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   print_table(summary)
   print('\nwrote', os.path.join(_WORKDIR.value, 'summary.json'), 'and summary.csv')
   for f in summary['figures']:
@@ -322,4 +375,6 @@ if __name__ == '__main__':
   _CONFIG = config_flags.DEFINE_config_file('config', 'ntk_time/configs/default.py',
                                             lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'output folder', required=True)
+  _OVERWRITE = flags.DEFINE_bool('overwrite', False,
+                                 'delete a workdir made with another config instead of refusing')
   app.run(main)

@@ -16,15 +16,15 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from ntk_time import configs
 from ntk_time import finetune
 from ntk_time import models
 from ntk_time import sgd
 
 
-
 def run(config, workdir: str, index: int = 0, seed: int = 0, progress: bool = True) -> dict:
   ft = config.finetune
-  grid = sgd.grid(ft)
+  grid = configs.check(config)
   if not 0 <= index < len(grid):
     raise ValueError(f'--index={index} is outside the grid of {len(grid)} configurations')
   hp = grid[index]
@@ -36,7 +36,7 @@ def run(config, workdir: str, index: int = 0, seed: int = 0, progress: bool = Tr
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   return finetune.finetune(apply_fn, variables['params'], task, hp, order, loss=ft.loss,
                            eval_every=ft.eval_every, workdir=os.path.join(workdir, 'run'),
-                           progress=progress)
+                           checkpoint_every=ft.checkpoint_every, progress=progress)
 
 
 def main(_):

@@ -52,10 +52,15 @@ def load(path: str, model: models.ResNet, image_shape: tuple[int, int, int]) -> 
 
   Raises:
     FileNotFoundError: no file at `path`.
-    ValueError: unreadable file, or entries that do not match `model`
+    ValueError: unreadable file, images with another number of channels than
+      the checkpoint was made for, or entries that do not match `model`
       (another architecture, width or number of classes), named in the message.
   """
   variables, meta = read(path)
+  made_for = meta.get('image_shape')
+  if made_for and made_for[-1] != image_shape[-1]:
+    raise ValueError(f'images of shape {tuple(image_shape)} have {image_shape[-1]} channels, but '
+                     f'checkpoint {path} was made for {made_for[-1]} (shape {tuple(made_for)})')
   expected = jax.eval_shape(lambda: models.init_variables(model, jax.random.key(0), image_shape))
   models.check_compatible(expected['params'], variables['params'], f'checkpoint {path}')
   models.check_compatible(expected['batch_stats'], variables['batch_stats'],

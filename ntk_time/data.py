@@ -24,6 +24,8 @@ FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 
                          'Shirt', 'Sneaker', 'Bag', 'Ankle boot')
 # load_digits has no test split; the last 497 images (about 28%) are held out.
 DIGITS_N_TRAIN = 1300
+# The sources that need no download; any 'tfds:<name>' is also accepted.
+SOURCES = ('fashion_mnist', 'digits')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +140,8 @@ def load_source(source: str, data_dir: str | None = None, image_size: int | None
   elif source.startswith('tfds:') and len(source) > 5:
     src = _tfds(source[5:], data_dir, image_size, train_split, test_split)
   else:
-    raise ValueError(f"unknown data source {source!r}; expected 'fashion_mnist', 'digits' "
-                     "or 'tfds:<name>'")
+    raise ValueError(f"unknown data source {source!r}; expected one of {SOURCES} or "
+                     "'tfds:<name>'")
   if image_size and src.train.images.shape[1:3] != (image_size, image_size):
     src = Source(_resize(src.train, image_size), _resize(src.test, image_size), src.class_names)
   mean = src.train.images.mean(axis=(0, 1, 2), dtype=np.float64)

@@ -8,10 +8,12 @@ training set and on the test set are recorded.
 """
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Callable
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,9 +91,17 @@ def train_step_fn(apply_fn: Callable, tx: optax.GradientTransformation, loss_nam
   return train_step
 
 
+def _fingerprint(params: PyTree, task, hp: sgd.SGD, order: np.ndarray, loss: str,
+                 eval_every: int) -> str:
+  """What a run's result depends on; a saved run with another fingerprint is not resumed."""
+  return wd.config_hash({'hp': hp.to_dict(), 'loss': loss, 'eval_every': eval_every,
+                         'order': wd.digest(order), 'x': wd.digest(task.x_train, task.y_train),
+                         'params': wd.digest(*jax.tree.leaves(params))})
+
+
 def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.ndarray, *,
              loss: str, eval_every: int, workdir: str | None = None,
-             progress: bool = True) -> dict:
+             checkpoint_every: int | None = None, progress: bool = True) -> dict:
   """Fine-tunes `params` on `task` for `hp.steps` steps of the batches `order`.
 
   Args:
@@ -103,13 +113,19 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
     loss: 'cross_entropy' or 'mse'.
     eval_every: evaluation interval in SGD steps; must divide T.
     workdir: if given, writes metrics.jsonl, curves.npz (with the order) and
-      run.json there.
+      run.json there when done, and progress.msgpack (the training state) every
+      `checkpoint_every` steps while running, from which a rerun of the same
+      run resumes. An interrupted run resumed this way gives the same numbers
+      as one that was never interrupted.
+    checkpoint_every: a multiple of eval_every (default: eval_every).
     progress: show a tqdm bar.
 
   Returns:
     dict with 'curves' (Curves), 'params' (final), 'seconds_per_step'
     (mean of compiled steps, evaluation excluded), 'train_seconds' (all steps),
-    'wall_seconds' (evaluation included), 'order'.
+    'wall_seconds' (evaluation included), 'order', 'diverged_at' (the first
+    evaluated step with a non-finite training loss, or None). A diverged run
+    stops there; its curves are NaN from that step on.
   """
   hp.validate(len(task.x_train))
   order = np.asarray(order)
@@ -118,29 +134,51 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
   if order.min() < 0 or order.max() >= len(task.x_train):
     raise ValueError(f'batch order indexes outside the training set (N={len(task.x_train)})')
   steps_eval = eval_steps(hp.steps, eval_every)
+  checkpoint_every = checkpoint_every or eval_every
+  if checkpoint_every % eval_every:
+    raise ValueError(f'checkpoint_every={checkpoint_every} must be a multiple of '
+                     f'eval_every={eval_every}')
   tx = sgd.make_optimizer(hp)
   step = jax.jit(train_step_fn(apply_fn, tx, loss), donate_argnums=(0,))
   evaluate = evaluate_fn(apply_fn, loss)
   x_train, y_train = jnp.asarray(task.x_train), jnp.asarray(task.y_train)
 
   start = time.perf_counter()
-  params = jax.tree.map(jnp.array, params)  # a copy: the step donates its input buffers
   state = (params, tx.init(params))
-  rows, step_times = [], []
+  # rows: one dict per evaluation; step_times: seconds of every step; fresh: steps that compiled.
+  rows, step_times, fresh, first = [], [], [], 0
+  progress_path = os.path.join(workdir, 'progress.msgpack') if workdir else None
+  fingerprint = _fingerprint(params, task, hp, order, loss, eval_every) if workdir else None
+  if progress_path and os.path.exists(progress_path):
+    with open(progress_path, 'rb') as f:
+      saved = flax.serialization.msgpack_restore(f.read())
+    log = json.loads(saved['log'])
+    if log['fingerprint'] == fingerprint:
+      state = flax.serialization.from_state_dict(state, saved['state'])
+      rows, step_times, fresh, first = log['rows'], log['step_times'], log['fresh'], log['step']
+  state = jax.tree.map(jnp.array, state)  # a copy: the step donates its input buffers
 
   def record(k):
     tl, ta = evaluate(state[0], task.x_train, task.y_train)
     vl, va = evaluate(state[0], task.x_test, task.y_test)
-    if not np.isfinite(tl):
-      raise FloatingPointError(f'real fine-tuning diverged: training loss {tl} at step {k} '
-                               f'(lr={hp.lr}, momentum={hp.momentum})')
     rows.append({'step': int(k), 'train_loss': tl, 'train_acc': ta, 'test_loss': vl,
                  'test_acc': va})
+    return np.isfinite(tl)
 
-  record(0)
-  bar = tqdm.tqdm(total=hp.steps, desc=f'fine-tune lr={hp.lr:g} B={hp.batch_size} m={hp.momentum:g}',
-                  disable=not progress, leave=False)
-  for k in range(hp.steps):
+  def save_progress(k):
+    log = {'fingerprint': fingerprint, 'step': k, 'rows': rows, 'step_times': step_times,
+           'fresh': fresh}
+    blob = {'state': flax.serialization.to_state_dict(jax.device_get(state)),
+            'log': json.dumps(log)}
+    wd.write_bytes(progress_path, flax.serialization.msgpack_serialize(blob))
+
+  diverged_at = None
+  if first == 0 and not record(0):
+    diverged_at = 0
+  bar = tqdm.tqdm(total=hp.steps, initial=first, disable=not progress, leave=False,
+                  desc=f'fine-tune lr={hp.lr:g} B={hp.batch_size} m={hp.momentum:g}')
+  fresh.append(first)
+  for k in range(first, hp.steps if diverged_at is None else first):
     idx = order[k]
     t0 = time.perf_counter()
     state, _ = step(state, (x_train[idx], y_train[idx]))
@@ -148,18 +186,27 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
     step_times.append(time.perf_counter() - t0)
     bar.update(1)
     if (k + 1) % eval_every == 0:
-      record(k + 1)
+      if not record(k + 1):
+        diverged_at = k + 1
+        break
+      if progress_path and (k + 1) % checkpoint_every == 0 and k + 1 < hp.steps:
+        save_progress(k + 1)
   bar.close()
   wall = time.perf_counter() - start
+  for k in steps_eval[len(rows):]:  # after a divergence: NaN, never a made-up value
+    rows.append({'step': int(k), 'train_loss': np.nan, 'train_acc': np.nan, 'test_loss': np.nan,
+                 'test_acc': np.nan})
 
-  curves = Curves(**{key: np.array([r[key] for r in rows]) for key in
+  curves = Curves(**{key: np.array([r[key] for r in rows], np.float64) for key in
                      ('train_loss', 'train_acc', 'test_loss', 'test_acc')},
                   steps=np.array([r['step'] for r in rows]))
   assert np.array_equal(curves.steps, steps_eval)
-  # The first step includes compilation; the rest is the steady-state cost.
-  per_step = float(np.mean(step_times[1:])) if len(step_times) > 1 else float(step_times[0])
+  # A step right after a (re)start includes compilation; the rest is the steady-state cost.
+  steady = [t for i, t in enumerate(step_times) if i not in fresh]
+  per_step = float(np.mean(steady)) if steady else float(np.mean(step_times or [np.nan]))
   result = {'curves': curves, 'params': state[0], 'seconds_per_step': per_step,
-            'train_seconds': float(np.sum(step_times)), 'wall_seconds': wall, 'order': order}
+            'train_seconds': float(np.sum(step_times)), 'wall_seconds': wall, 'order': order,
+            'diverged_at': diverged_at}
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     wd.write_jsonl(os.path.join(workdir, 'metrics.jsonl'), rows)
@@ -167,7 +214,9 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
     wd.write_json(os.path.join(workdir, 'run.json'), {
         'hparams': hp.to_dict(), 'loss': loss, 'eval_every': eval_every,
         'seconds_per_step': per_step, 'train_seconds': result['train_seconds'],
-        'wall_seconds': wall, 'final': rows[-1]})
+        'wall_seconds': wall, 'diverged_at': diverged_at, 'final': rows[-1]})
+    if os.path.exists(progress_path):
+      os.remove(progress_path)
   return result
 
 
@@ -196,14 +245,17 @@ def seconds_per_step(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, l
 def target_from_config(config, workdir: str, key_head: jax.Array, progress: bool = True):
   """The fine-tuning starting point of a config: pretrained backbone + fresh head.
 
-  Pretrains into `workdir/pretrain` unless the checkpoint exists there or
-  `config.pretrain.checkpoint` names one.
+  Loads and checks the target task first (so that a bad task fails before any
+  pretraining), then pretrains into `workdir/pretrain` unless the checkpoint
+  exists there or `config.pretrain.checkpoint` names one.
 
   Returns:
     (task, model, variables {'params', 'batch_stats'}, pretrain report, checkpoint path).
   """
-  ckpt_path, report = pretrain.from_config(config, os.path.join(workdir, 'pretrain'), progress)
   task = data.task_from_config(config.target)
+  for hp in sgd.grid(config.finetune):
+    hp.validate(len(task.x_train))
+  ckpt_path, report = pretrain.from_config(config, os.path.join(workdir, 'pretrain'), progress)
   image_shape = task.x_train.shape[1:]
   source_model = models.model_from_config(config.model, len(config.source.classes))
   pretrained, _ = checkpoint.load(ckpt_path, source_model, image_shape)

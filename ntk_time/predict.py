@@ -35,6 +35,12 @@ class Targets:
   eps_acc: float = 0.01
   target_acc: float | None = None
 
+  @property
+  def definitions(self) -> tuple[str, ...]:
+    """The names `training_times` returns, in order."""
+    return ('t_eps', 't_eps_acc') + (('t_target_loss',) if self.target_loss is not None else ()) \
+        + (('t_target_acc',) if self.target_acc is not None else ())
+
   def __post_init__(self):
     for name in ('eps', 'eps_acc'):
       v = getattr(self, name)
@@ -156,6 +162,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
   if not (isinstance(num_paths, (int, np.integer)) and num_paths >= 1):
     raise ValueError(f'num_paths must be a positive integer, got {num_paths!r}')
   losses.check(loss)
+  if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
+    raise ValueError('dtype=float64 needs 64-bit JAX: run inside jax.experimental.enable_x64() '
+                     'or set jax_enable_x64')
   n = len(y_train)
   k_tt, k_st = lin.full_kernels()
   max_eig = float(np.linalg.eigvalsh(ntk.flatten(k_tt).astype(np.float64))[-1])

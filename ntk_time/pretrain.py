@@ -102,7 +102,8 @@ def pretrain(model: models.ResNet, task, *, key: jax.Array, epochs: int, batch_s
     return correct / len(xs)
 
   report = {'train_acc': acc(task.x_train, task.y_train), 'test_acc': acc(task.x_test, task.y_test),
-            'epochs': epochs, 'seconds': seconds, 'num_params': models.num_params(params)}
+            'epochs': epochs, 'seconds': seconds, 'num_params': models.num_params(params),
+            'image_shape': list(image_shape)}
   checkpoint.save(os.path.join(workdir, 'checkpoint.msgpack'),
                   {'params': params, 'batch_stats': batch_stats}, dict(meta, **report))
   wd.write_json(os.path.join(workdir, 'pretrain.json'), report)

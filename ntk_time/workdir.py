@@ -44,6 +44,11 @@ def _to_jsonable(obj: Any) -> Any:
   return obj
 
 
+def as_json(obj: Any) -> Any:
+  """`obj` as it reads back from a JSON file (tuples as lists, NaN as None)."""
+  return json.loads(json.dumps(_to_jsonable(obj)))
+
+
 def write_bytes(path: str, data: bytes) -> None:
   _atomic_write(path, lambda f: f.write(data))
 
@@ -78,6 +83,16 @@ def config_hash(obj: Any) -> str:
     obj = obj.to_dict()
   text = json.dumps(_to_jsonable(obj), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def digest(*arrays) -> str:
+  """A short hash of the bytes, shapes and dtypes of arrays (data, weights, orders)."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(np.asarray(a))
+    h.update(f'{a.dtype}{a.shape}'.encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
 
 
 def load_if_hash(path: str, expected_hash: str) -> dict[str, np.ndarray] | None:

@@ -45,3 +45,18 @@ def linear_task():
 @pytest.fixture(scope='session')
 def digits_source():
   return data.load_source('digits')
+
+
+def _without_timings(obj):
+  """A summary without what depends on the machine's speed (seconds, cost ratios, figures)."""
+  if isinstance(obj, dict):
+    return {k: _without_timings(v) for k, v in obj.items()
+            if 'seconds' not in k and k not in ('ratio', 'figures', 'costs')}
+  if isinstance(obj, list):
+    return [_without_timings(v) for v in obj]
+  return obj
+
+
+@pytest.fixture
+def without_timings():
+  return _without_timings

@@ -96,17 +96,6 @@ def test_unknown_source():
     data.load_source('mnist')
 
 
-@pytest.mark.parametrize('images, labels, match', [
-    (np.zeros((3, 8, 8)), np.zeros(3, int), r'must be \[N, H, W, C\]'),
-    (np.full((3, 8, 8, 1), np.nan), np.zeros(3, int), 'NaN/inf .* first in image 0'),
-    (np.zeros((3, 8, 8, 1)), np.array([0, 1, 5]), r'labels must be in 0..2'),
-    (np.zeros((3, 8, 8, 1)), np.zeros(4, int), r'labels must be \[N=3\]'),
-])
-def test_check_images(images, labels, match):
-  with pytest.raises(ValueError, match=match):
-    data.check_images(images, labels, 3, 'training')
-
-
 def test_tfds_path_with_mock_data():
   tfds = pytest.importorskip('tensorflow_datasets')
   with tfds.testing.mock_data(num_examples=20):

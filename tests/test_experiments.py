@@ -50,7 +50,8 @@ def test_replay_of_real_orders_tracks_the_real_run(smoke_run):
 def test_compare_rerun_reuses_everything(smoke_run):
   workdir, first = smoke_run
   mtimes = {f: os.path.getmtime(os.path.join(workdir, f)) for f in
-            ('kernel.npz', 'pretrain/checkpoint.msgpack')}
+            ('kernel.npz', 'pretrain/checkpoint.msgpack', 'predictions.json',
+             'runs/lr0.05_B6_m0_wd0_s0/run.json')}
   again = compare.run(smoke.get_config(), workdir, progress=False)
   for f, t in mtimes.items():
     assert os.path.getmtime(os.path.join(workdir, f)) == t, f
@@ -58,6 +59,25 @@ def test_compare_rerun_reuses_everything(smoke_run):
     assert a['real']['times'] == b['real']['times']
     np.testing.assert_array_equal(a['predicted']['sde']['curves']['train_loss']['mean'],
                                   b['predicted']['sde']['curves']['train_loss']['mean'])
+
+
+def test_same_seed_same_numbers_and_one_config_per_workdir(smoke_run, tmp_path, without_timings):
+  """A fresh smoke compare (pretraining included) reproduces the first exactly."""
+  workdir, first = smoke_run
+  fresh = str(tmp_path / 'fresh')
+  compare.run(smoke.get_config(), fresh, progress=False)
+  a, b = (json.load(open(os.path.join(w, 'summary.json'))) for w in (workdir, fresh))
+  assert without_timings(a) == without_timings(b)
+
+  other = smoke.get_config()
+  other.finetune.lr = (0.02,)
+  with pytest.raises(ValueError, match=r'another config \(finetune.lr: \[0.05\] there, '
+                     r'\[0.02\] here\).*--overwrite'):
+    compare.run(other, fresh, progress=False)
+  summary = compare.run(other, fresh, progress=False, overwrite=True)
+  assert [r['name'] for r in summary['configs']][0].startswith('lr0.02')
+  assert sorted(os.listdir(os.path.join(fresh, 'runs'))) == sorted(
+      f"{r['name']}_s0" for r in summary['configs'])  # nothing left of the old config
 
 
 def test_user_checkpoint_goes_through_the_same_path(smoke_run, tmp_path):
