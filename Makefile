@@ -24,7 +24,12 @@ data:
 	  fi; \
 	fi
 
-test: setup
+# The torchvision converter's test needs torch (large, so not in requirements.txt).
+$(VENV)/.installed-torch: $(VENV)/.installed requirements-torch.txt
+	$(VENV)/bin/pip install --quiet -r requirements-torch.txt
+	touch $@
+
+test: setup $(VENV)/.installed-torch
 	$(PY) -m pytest -q tests
 
 demo: setup

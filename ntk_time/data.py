@@ -7,9 +7,10 @@ Sources (the `source` string of a data config):
   'tfds:<name>'     any tensorflow-datasets dataset (cifar10, caltech_birds2011,
                     oxford_flowers102, ...) read from `data_dir`; never downloads.
 
-Images come out as [N, H, W, C] float32, standardised with the mean and
-standard deviation of the source's full training split (one scalar per
-channel), labels as [N] int32.
+Images come out as [N, H, W, C] float32, labels as [N] int32. Pixels in [0, 1]
+are standardised per channel, with `normalize`:
+  'dataset'   the mean and standard deviation of the source's training split;
+  'imagenet'  ImageNet's (what torchvision's pretrained ResNets expect; 3 channels).
 """
 
 import dataclasses
@@ -26,6 +27,9 @@ FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 
 DIGITS_N_TRAIN = 1300
 # The sources that need no download; any 'tfds:<name>' is also accepted.
 SOURCES = ('fashion_mnist', 'digits')
+NORMALIZE = ('dataset', 'imagenet')
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,16 +113,16 @@ def _tfds(name: str, data_dir: str | None, image_size: int | None, train_split: 
 
   def split(s):
     try:
-      ds = builder.as_dataset(split=s, as_supervised=True)
+      # Not as_supervised: some datasets (dtd) do not declare a supervised pair.
+      ds = builder.as_dataset(split=s)
     except (AssertionError, ValueError, FileNotFoundError) as e:
       raise FileNotFoundError(
-          f'tensorflow-datasets {name!r} split {s!r} is not prepared under '
-          f'data_dir={builder.data_dir!r}; prepare it once with tfds.load({name!r}, '
+          f'tensorflow-datasets {name!r} split {s!r} is not readable under '
+          f'data_dir={builder.data_dir!r} ({e}); prepare it once with tfds.load({name!r}, '
           f'data_dir=...) on a machine with internet') from e
+    ds = ds.map(lambda ex: (tf.cast(ex['image'], tf.float32), ex['label']))
     if image_size:
-      ds = ds.map(lambda x, y: (tf.image.resize(tf.cast(x, tf.float32), (image_size, image_size)), y))
-    else:
-      ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+      ds = ds.map(lambda x, y: (tf.image.resize(x, (image_size, image_size)), y))
     xs, ys = [], []
     for x, y in tfds.as_numpy(ds.batch(256)):
       xs.append(x)
@@ -131,8 +135,11 @@ def _tfds(name: str, data_dir: str | None, image_size: int | None, train_split: 
 
 
 def load_source(source: str, data_dir: str | None = None, image_size: int | None = None,
-                train_split: str = 'train', test_split: str = 'test') -> Source:
+                train_split: str = 'train', test_split: str = 'test',
+                normalize: str = 'dataset') -> Source:
   """Loads a whole source dataset, standardised, resized to `image_size` if given."""
+  if normalize not in NORMALIZE:
+    raise ValueError(f'unknown normalize={normalize!r}; expected one of {NORMALIZE}')
   if source == 'fashion_mnist':
     src = _fashion_mnist(data_dir)
   elif source == 'digits':
@@ -144,8 +151,14 @@ def load_source(source: str, data_dir: str | None = None, image_size: int | None
                      "'tfds:<name>'")
   if image_size and src.train.images.shape[1:3] != (image_size, image_size):
     src = Source(_resize(src.train, image_size), _resize(src.test, image_size), src.class_names)
-  mean = src.train.images.mean(axis=(0, 1, 2), dtype=np.float64)
-  std = src.train.images.std(axis=(0, 1, 2), dtype=np.float64)
+  if normalize == 'imagenet':
+    if src.train.images.shape[-1] != 3:
+      raise ValueError(f"normalize='imagenet' needs RGB images; {source} has "
+                       f'{src.train.images.shape[-1]} channels')
+    mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
+  else:
+    mean = src.train.images.mean(axis=(0, 1, 2), dtype=np.float64)
+    std = src.train.images.std(axis=(0, 1, 2), dtype=np.float64)
   norm = lambda s: Split(((s.images - mean) / std).astype(np.float32), s.labels)
   return Source(norm(src.train), norm(src.test), src.class_names)
 
@@ -228,5 +241,6 @@ def make_task(source: Source, classes, n_train: int, n_test: int, seed: int) -> 
 def task_from_config(cfg) -> Task:
   """The task of a `data` config block (see ntk_time/configs/)."""
   src = load_source(cfg.source, cfg.get('data_dir') or None, cfg.get('image_size') or None,
-                    cfg.get('train_split', 'train'), cfg.get('test_split', 'test'))
+                    cfg.get('train_split', 'train'), cfg.get('test_split', 'test'),
+                    cfg.get('normalize', 'dataset'))
   return make_task(src, cfg.classes, cfg.n_train, cfg.n_test, cfg.seed)

@@ -96,11 +96,33 @@ def test_unknown_source():
     data.load_source('mnist')
 
 
-def test_tfds_path_with_mock_data():
+@pytest.mark.parametrize('name', ['cifar10', 'cifar100', 'caltech_birds2011',
+                                  'oxford_flowers102', 'dtd'])
+def test_paper_config_reads_its_tfds_target_offline(name, tmp_path):
+  """Each tfds target of configs/paper.py, through tfds.testing.mock_data (no download)."""
   tfds = pytest.importorskip('tensorflow_datasets')
-  with tfds.testing.mock_data(num_examples=20):
-    src = data.load_source('tfds:cifar10', image_size=16)
-  assert src.train.images.shape == (20, 16, 16, 3) and src.train.images.dtype == np.float32
-  assert len(src.class_names) == 10  # mock data has no metadata files, so names may be ids
-  task = data.make_task(src, (0, 1), n_train=-1, n_test=-1, seed=0)
-  assert set(np.unique(task.y_train)) <= {0, 1}
+  from ntk_time import configs  # pylint: disable=g-import-not-at-top
+  from ntk_time.configs import paper  # pylint: disable=g-import-not-at-top
+  config = paper.get_config(name)
+  config.pretrain.checkpoint = str(tmp_path / 'imagenet.msgpack')
+  open(config.pretrain.checkpoint, 'wb').close()
+  assert configs.check(config)
+  # Mock data has random labels: take every image of the 10 classes (at least one each), and
+  # a small size except for one dataset, which checks the paper's 224×224.
+  size = 224 if name == 'cifar10' else 32
+  config.target.update(n_train=-1, n_test=-1, image_size=size)
+  num_classes, _ = paper.DATASETS[name]
+  with tfds.testing.mock_data(num_examples=10 * num_classes):
+    task = data.task_from_config(config.target)
+  assert task.x_train.shape[1:] == (size, size, 3) and task.x_train.dtype == np.float32
+  assert set(np.unique(task.y_train)) == set(range(10))
+  # ImageNet normalisation of pixels in [0, 1].
+  lo = (0 - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)
+  hi = (1 - np.array(data.IMAGENET_MEAN)) / np.array(data.IMAGENET_STD)
+  assert np.all(task.x_train.min(axis=(0, 1, 2)) >= lo - 1e-5)
+  assert np.all(task.x_train.max(axis=(0, 1, 2)) <= hi + 1e-5)
+
+
+def test_imagenet_normalisation_needs_rgb():
+  with pytest.raises(ValueError, match="normalize='imagenet' needs RGB images; digits has 1"):
+    data.load_source('digits', normalize='imagenet')

@@ -18,7 +18,8 @@ def get_config() -> mlc.ConfigDict:
   # Source task of the pretrained model.
   c.source = mlc.ConfigDict(dict(
       source='fashion_mnist', data_dir='', image_size=0, classes=(0, 1, 2, 3, 4),
-      n_train=15000, n_test=2000, seed=0, train_split='train', test_split='test'))
+      n_train=15000, n_test=2000, seed=0, train_split='train', test_split='test',
+      normalize='dataset'))
   c.model = mlc.ConfigDict(dict(name='ResNet8', num_filters=16, small_images=True))
   c.pretrain = mlc.ConfigDict(dict(
       epochs=3, batch_size=128, lr=0.1, weight_decay=5e-4,
@@ -29,7 +30,8 @@ def get_config() -> mlc.ConfigDict:
   # Target task: what is fine-tuned, and what is predicted.
   c.target = mlc.ConfigDict(dict(
       source='fashion_mnist', data_dir='', image_size=0, classes=(5, 6, 7, 8, 9),
-      n_train=500, n_test=200, seed=1, train_split='train', test_split='test'))
+      n_train=500, n_test=200, seed=1, train_split='train', test_split='test',
+      normalize='dataset'))
 
   c.finetune = mlc.ConfigDict(dict(
       loss='cross_entropy', steps=400, eval_every=20,
