@@ -2,9 +2,10 @@ r"""Predicted vs real fine-tuning over a hyper-parameter grid: the main job.
 
   python -m experiments.compare --config ntk_time/configs/default.py --workdir workdirs/default
 
-Computes the kernel once, predicts every configuration (the paper's SDE, the
-exact simulator replaying the real batch orders, and the head-aware model on
-the same orders), fine-tunes every
+Computes the kernel once, predicts every configuration with each of
+`predict.methods` (by default the paper's SDE, the exact simulator replaying
+the real batch orders, and the head-aware model on the same orders; also
+'full_batch', the deterministic ODE limit), fine-tunes every
 configuration for real with the same batch orders, and writes summary.json,
 summary.csv and three PNG figures to the workdir.
 
@@ -81,15 +82,13 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
     ft, pc = config.finetune, config.predict
     dtype = np.float64 if pc.dtype == 'float64' else np.float32
     common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
+    per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt),
+                  'replay': dict(orders=orders), 'head_aware': dict(orders=orders),
+                  'full_batch': {}}
     with jax.experimental.enable_x64(pc.dtype == 'float64'):
-      preds = {
-          'sde': predict.predict(lin, task.y_train, task.y_test, configs, key=key_sde,
-                                 method='sde', num_paths=pc.num_paths, dt=pc.dt, **common),
-          'replay': predict.predict(lin, task.y_train, task.y_test, configs, method='exact',
-                                    orders=orders, **common),
-          'head_aware': predict.predict(lin, task.y_train, task.y_test, configs,
-                                        method='head_aware', orders=orders, **common),
-      }
+      preds = {m: predict.predict(lin, task.y_train, task.y_test, configs,
+                                  method=config_lib.METHODS[m], **per_method[m], **common)
+               for m in pc.methods}
     wd.write_json(path, {'config_hash': pred_hash, **preds})
   preds = wd.read_json(path)
   del preds['config_hash']
@@ -238,19 +237,18 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
           err[t] = predict.relative_error(pt, real_times[t]['mean'])
       row['errors'][method] = err
     sps = step_seconds[hp.batch_size]
-    t_pred = None if preds['sde'][i]['diverged'] else preds['sde'][i]['times']['t_eps']['mean_curve']
+    first = preds[pc.methods[0]][i]
+    t_pred = None if first['diverged'] else first['times']['t_eps']['mean_curve']
     t_real = real_times['t_eps']['mean']
     row['seconds'] = {'measured_step': sps, 'predicted_t_eps': predict.to_seconds(t_pred, sps),
                       'real_t_eps': predict.to_seconds(t_real, row['real']['seconds_per_step'])}
     rows.append(row)
 
-  costs = {'kernel_seconds': lin.seconds,
-           'sde_seconds': float(sum(p['seconds'] for p in preds['sde'])),
-           'replay_seconds': float(sum(p['seconds'] for p in preds['replay'])),
-           'head_aware_seconds': float(sum(p['seconds'] for p in preds['head_aware'])),
-           'step_timing_seconds': step_timing_seconds,
-           'train_seconds': float(sum(np.mean(r['real']['train_seconds']) for r in rows))}
-  costs['predict_seconds'] = costs['kernel_seconds'] + costs['sde_seconds'] + \
+  # The cost of a prediction: the kernel, the first method's simulations, the step timing.
+  costs = {'kernel_seconds': lin.seconds, 'step_timing_seconds': step_timing_seconds,
+           'train_seconds': float(sum(np.mean(r['real']['train_seconds']) for r in rows)),
+           **{f'{m}_seconds': float(sum(p['seconds'] for p in preds[m])) for m in preds}}
+  costs['predict_seconds'] = costs['kernel_seconds'] + costs[f'{pc.methods[0]}_seconds'] + \
       costs['step_timing_seconds']
   costs['ratio'] = costs['train_seconds'] / costs['predict_seconds']
   summary = {'config': config.to_dict(), 'methods': list(preds), 'pretrain': pre_report,
@@ -293,26 +291,29 @@ def _fmt(v, pct=False):
 
 
 def write_csv(rows, path):
+  """One line per configuration: the real times, then each method's, errors and seconds."""
+  methods = list(rows[0]['predicted'])
   head = ['name', 'lr', 'batch_size', 'momentum', 'weight_decay', 'horizon', 'real_t_eps',
-          'real_t_eps_spread', 'sde_t_eps', 'sde_t_eps_q05', 'sde_t_eps_q95', 'replay_t_eps',
-          'sde_err_t_eps', 'replay_err_t_eps', 'real_t_target_loss', 'sde_t_target_loss',
-          'sde_err_t_target_loss', 'sde_curve_log_error', 'kernel_drift', 'real_train_seconds',
-          'sde_seconds', 'predicted_seconds_t_eps', 'real_seconds_t_eps']
+          'real_t_eps_spread', 'real_t_target_loss', 'kernel_drift', 'real_train_seconds',
+          'predicted_seconds_t_eps', 'real_seconds_t_eps']
+  per_method = ('t_eps', 't_eps_q05', 't_eps_q95', 'err_t_eps', 't_target_loss',
+                'err_t_target_loss', 'curve_log_error', 'seconds')
+  head += [f'{m}_{k}' for m in methods for k in per_method]
   lines = [','.join(head)]
   for r in rows:
-    hp, real, sde, rep = r['hparams'], r['real']['times'], r['predicted']['sde'], \
-        r['predicted']['replay']
-    st = (lambda k, q, sde=sde: None if sde['diverged'] else sde['times'][k][q])
+    hp, real = r['hparams'], r['real']['times']
     vals = [r['name'], hp['lr'], hp['batch_size'], hp['momentum'], hp['weight_decay'],
             r['horizon'], real['t_eps']['mean'], real['t_eps']['spread'],
-            st('t_eps', 'mean_curve'), st('t_eps', 'q05'), st('t_eps', 'q95'),
-            None if rep['diverged'] else rep['times']['t_eps']['mean_curve'],
-            r['errors']['sde'].get('t_eps'), r['errors']['replay'].get('t_eps'),
-            real.get('t_target_loss', {}).get('mean'),
-            st('t_target_loss', 'mean_curve') if 't_target_loss' in real else None,
-            r['errors']['sde'].get('t_target_loss'), r['errors']['sde']['curve_log_error'],
-            r['real']['kernel_drift'], float(np.mean(r['real']['train_seconds'])),
-            sde['seconds'], r['seconds']['predicted_t_eps'], r['seconds']['real_t_eps']]
+            real.get('t_target_loss', {}).get('mean'), r['real']['kernel_drift'],
+            float(np.mean(r['real']['train_seconds'])), r['seconds']['predicted_t_eps'],
+            r['seconds']['real_t_eps']]
+    for m in methods:
+      p, err = r['predicted'][m], r['errors'][m]
+      times = p['times'] or {}
+      t_eps, t_target = times.get('t_eps', {}), times.get('t_target_loss', {})
+      vals += [t_eps.get('mean_curve'), t_eps.get('q05'), t_eps.get('q95'), err.get('t_eps'),
+               t_target.get('mean_curve'), err.get('t_target_loss'), err['curve_log_error'],
+               p['seconds']]
     lines.append(','.join('' if v is None else (f'{v:.6g}' if isinstance(v, float) else str(v))
                           for v in vals))
   wd.write_bytes(path, ('\n'.join(lines) + '\n').encode())
@@ -355,10 +356,11 @@ def print_table(summary):
   k = summary['kernel']
   print(f"kernel: symmetric to {k['asymmetry']:.1e}, eigenvalues in [{k['min_eig']:.3g}, "
         f"{k['max_eig']:.3g}] (checked PSD)")
-  print(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, SDE "
-        f"{c['sde_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f}) vs train "
-        f"{c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper; replay {c['replay_seconds']:.1f} s, "
-        f"head-aware {c['head_aware_seconds']:.1f} s")
+  others = ', '.join(f"{m} {c[f'{m}_seconds']:.1f} s" for m in methods[1:])
+  print(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, "
+        f"{methods[0]} {c[f'{methods[0]}_seconds']:.1f}, step timing "
+        f"{c['step_timing_seconds']:.1f}) vs train {c['train_seconds']:.1f} s: "
+        f"{c['ratio']:.1f}x cheaper" + (f'; {others}' if others else ''))
 
 
 def main(_):

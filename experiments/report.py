@@ -29,10 +29,7 @@ def table(workdirs: list[str]) -> str:
     for m in s['methods']:
       a = agg[m]
       tl = a.get('t_target_loss', {'median': None, 'max': None, 'missing': len(s['configs'])})
-      cost = {'sde': c['kernel_seconds'] + c['sde_seconds'],
-              'replay': c['kernel_seconds'] + c['replay_seconds'],
-              'head_aware': c['kernel_seconds'] + c['head_aware_seconds']}[m]
-      cost += c['step_timing_seconds']
+      cost = c['kernel_seconds'] + c[f'{m}_seconds'] + c['step_timing_seconds']
       lines.append(
           f"| {name} ({len(s['configs'])} configs, {s['config']['finetune']['seeds']} seeds) | {m} | "
           f"{_pct(a['t_eps']['median'])} / {_pct(a['t_eps']['max'])} | "

@@ -97,7 +97,8 @@ def costs(summary: dict, path: str) -> str:
   """Seconds to predict the whole grid vs to fine-tune it."""
   c = summary['costs']
   fig, ax = plt.subplots(figsize=(5.2, 3.0))
-  parts = [('kernel', c['kernel_seconds']), ('SDE simulations', c['sde_seconds']),
+  first = summary['methods'][0]
+  parts = [('kernel', c['kernel_seconds']), (f'{first} simulations', c[f'{first}_seconds']),
            ('step timing', c['step_timing_seconds'])]
   left = 0.0
   for name, v in parts:
@@ -119,3 +120,142 @@ def all_figures(summary: dict, workdir: str) -> list[str]:
   return [loss_curves(summary, os.path.join(workdir, 'loss_curves.png')),
           training_times(summary, os.path.join(workdir, 'training_times.png')),
           costs(summary, os.path.join(workdir, 'costs.png'))]
+
+
+# Figures across several compare summaries (the experiments/fig_*.py scripts).
+
+TASK_COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:purple', 'tab:brown', 'tab:olive')
+MARKERS = {'sde': 'o', 'replay': 's', 'head_aware': '^', 'full_batch': 'D'}
+
+
+def _mean_time(pred: dict, definition: str = 't_eps'):
+  return None if pred['diverged'] else pred['times'][definition]['mean_curve']
+
+
+def curves_grid(summaries: dict[str, dict], show: list[int], path: str) -> str:
+  """Rows: each task's training loss and accuracy; columns: the grid points `show`.
+
+  Real runs in black (one line per seed); each method's mean, with the 5–95%
+  band of the first method (the SDE's paths).
+  """
+  names = list(summaries)
+  fig, axes = plt.subplots(2 * len(names), len(show), squeeze=False,
+                           figsize=(3.2 * len(show), 2.3 * 2 * len(names)))
+  for t, name in enumerate(names):
+    s = summaries[name]
+    first = s['methods'][0]
+    for col, i in enumerate(show):
+      row = s['configs'][i]
+      steps = np.asarray(row['steps'])
+      for k, curve in enumerate(('train_loss', 'train_acc')):
+        ax = axes[2 * t + k, col]
+        for seed, real in enumerate(row['real']['curves'][curve]):
+          ax.plot(steps, real, color='k', lw=1.2, label='real' if seed == 0 else None)
+        for m, pred in row['predicted'].items():
+          if pred['diverged']:
+            ax.text(0.5, 0.5 - 0.1 * s['methods'].index(m), f'{m}: diverges',
+                    transform=ax.transAxes, ha='center', fontsize=7)
+            continue
+          c = pred['curves'][curve]
+          ax.plot(steps, c['mean'], color=COLORS.get(m), lw=1.1, label=m)
+          if m == first:
+            ax.fill_between(steps, c['q05'], c['q95'], color=COLORS.get(m), alpha=0.25, lw=0)
+        if curve == 'train_loss':
+          ax.set_yscale('log')
+          ax.set_title(f'{name}: {_label(row["hparams"])}', fontsize=7)
+        ax.set_ylabel(curve.replace('_', ' '), fontsize=7)
+        ax.tick_params(labelsize=6)
+  axes[0, 0].legend(fontsize=6)
+  axes[-1, 0].set_xlabel('SGD step', fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def times_by_task(summaries: dict[str, dict], path: str, definition: str = 't_eps') -> str:
+  """Predicted vs real training time, one colour per task, one marker per method, ±20%."""
+  fig, ax = plt.subplots(figsize=(5.0, 4.6))
+  vals = []
+  for color, (name, s) in zip(TASK_COLORS * 10, summaries.items()):
+    for j, m in enumerate(s['methods']):
+      pts = [(row['real']['times'][definition]['mean'], _mean_time(row['predicted'][m], definition))
+             for row in s['configs']]
+      # Log axes: a time of 0 (converged from the start) cannot be drawn.
+      pts = [(x, y) for x, y in pts if x and y]
+      if not pts:
+        continue
+      xs, ys = zip(*pts)
+      ax.scatter(xs, ys, marker=MARKERS.get(m, 'o'), s=28, label=f'{name} ({m})',
+                 facecolors=color if j == 0 else 'none', edgecolors=color)
+      vals += xs + ys
+  if vals:
+    lo = max(min(vals) * 0.7, 1)
+    hi = max(max(vals) * 1.4, 10 * lo)
+    grid = np.geomspace(lo, hi, 50)
+    ax.plot(grid, grid, 'k-', lw=0.8)
+    ax.fill_between(grid, 0.8 * grid, 1.2 * grid, color='gray', alpha=0.2, label='±20%')
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+  ax.set_xlabel(f'real {definition} (SGD steps)')
+  ax.set_ylabel(f'predicted {definition} (SGD steps)')
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=6, loc='upper left')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def effective_lr(summary: dict, path: str) -> str:
+  """T_eps against η̃ = η/(1−m): real (black) and the first method, one marker per momentum."""
+  first = summary['methods'][0]
+  fig, ax = plt.subplots(figsize=(5.0, 3.8))
+  momenta = sorted({row['hparams']['momentum'] for row in summary['configs']})
+  markers = ('o', 's', '^', 'D', 'v')
+  for k, m in enumerate(momenta):
+    rows = [r for r in summary['configs'] if r['hparams']['momentum'] == m]
+    eff = [r['hparams']['lr'] / (1 - m) for r in rows]
+    real = [r['real']['times']['t_eps']['mean'] for r in rows]
+    pred = [_mean_time(r['predicted'][first]) for r in rows]
+    mk = markers[k % len(markers)]
+    ax.scatter(eff, [np.nan if v is None else v for v in real], marker=mk, color='k',
+               label=f'real, m={m:g}')
+    ax.scatter(eff, [np.nan if v is None else v for v in pred], marker=mk, facecolors='none',
+               edgecolors=COLORS.get(first), s=60, label=f'{first}, m={m:g}')
+  ax.set_xscale('log')
+  ax.set_xlabel('effective learning rate η/(1−m)')
+  ax.set_ylabel('T_eps (SGD steps)')
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def batch_size(summary: dict, path: str) -> str:
+  """T_eps and its error against the batch size: real, and every method (SDE vs ODE)."""
+  rows = sorted(summary['configs'], key=lambda r: r['hparams']['batch_size'])
+  b = [r['hparams']['batch_size'] for r in rows]
+  fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+  ax.plot(b, [r['real']['times']['t_eps']['mean'] for r in rows], 'k-o', label='real')
+  for m in summary['methods']:
+    t = [_mean_time(r['predicted'][m]) for r in rows]
+    ax.plot(b, [np.nan if v is None else v for v in t], '-' + MARKERS.get(m, 'o'),
+            color=COLORS.get(m), label=m)
+    err = [r['errors'][m].get('t_eps') for r in rows]
+    ax_err.plot(b, [np.nan if v is None else 100 * v for v in err], '-' + MARKERS.get(m, 'o'),
+                color=COLORS.get(m), label=m)
+  for a in (ax, ax_err):
+    a.set_xscale('log')
+    a.set_xlabel('batch size B')
+    a.legend(fontsize=7)
+  ax.set_ylabel('T_eps (SGD steps)')
+  ax_err.set_ylabel('|T̂ − T| / T (%)')
+  ax_err.axhline(20, color='gray', lw=0.8, ls='--')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -116,7 +116,8 @@ def _summarise(curves: dict, steps: np.ndarray, targets: Targets) -> tuple[dict,
   for name, t_mean in mean_times.items():
     # A path that never reaches the target counts as later than every step.
     vals = np.array([np.inf if p[name] is None else p[name] for p in per_path], np.float64)
-    qs = {f'q{int(q * 100):02d}': np.quantile(vals, q) for q in QUANTILES}
+    with np.errstate(invalid='ignore'):  # inf - inf between two never-reaching paths: NaN, None
+      qs = {f'q{int(q * 100):02d}': np.quantile(vals, q) for q in QUANTILES}
     times[name] = {'mean_curve': t_mean,
                    **{k: (None if not np.isfinite(v) else float(v)) for k, v in qs.items()}}
   return summary, times

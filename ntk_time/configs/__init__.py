@@ -12,6 +12,11 @@ from ntk_time import ntk
 from ntk_time import predict
 from ntk_time import sgd
 
+# The prediction methods an experiment can compare: its name -> predict.predict's method.
+# 'replay' and 'head_aware' replay the batch orders the real runs use.
+METHODS = {'sde': 'sde', 'replay': 'exact', 'head_aware': 'head_aware',
+           'full_batch': 'full_batch'}
+
 
 def _positive_int(value, name: str, minimum: int = 1, what: str = '') -> None:
   if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -123,6 +128,10 @@ def check(config) -> list[sgd.SGD]:
   _positive_int(pc.dt, 'predict.dt')
   if ft.eval_every % pc.dt:
     raise ValueError(f'predict.dt={pc.dt} must divide finetune.eval_every={ft.eval_every}')
+  unknown = [m for m in pc.methods if m not in METHODS]
+  if not pc.methods or unknown or len(set(pc.methods)) != len(pc.methods):
+    raise ValueError(f'predict.methods must be distinct names from {tuple(METHODS)}, got '
+                     f'{tuple(pc.methods)}')
   if pc.dtype not in ('float32', 'float64'):
     raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
   targets_from_config(pc)

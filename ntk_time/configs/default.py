@@ -52,6 +52,8 @@ def get_config() -> mlc.ConfigDict:
       drift_samples=100))       # samples on which the kernel drift of each real run is measured
 
   c.predict = mlc.ConfigDict(dict(
+      # Compared side by side; the first is the headline (its cost is the prediction's).
+      methods=('sde', 'replay', 'head_aware'),
       num_paths=16, dt=1,  # SDE paths, Euler–Maruyama step in SGD steps
       eps=0.05,            # T_eps tolerance on the training loss
       target_loss=0.3,     # "steps to reach a target loss"

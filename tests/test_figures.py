@@ -1,0 +1,69 @@
+"""Every figure script end to end on its smoke config."""
+
+import json
+import os
+
+import pytest
+
+from experiments import fig_batch_size
+from experiments import fig_curves
+from experiments import fig_effective_lr
+from experiments import fig_times
+from ntk_time.configs import fig_batch_size as fig_batch_size_config
+from ntk_time.configs import fig_curves as fig_curves_config
+from ntk_time.configs import fig_effective_lr as fig_effective_lr_config
+from ntk_time.configs import fig_times as fig_times_config
+
+
+@pytest.fixture(scope='module')
+def times_run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('fig_times'))
+  return workdir, fig_times.run(fig_times_config.get_config('smoke'), workdir, progress=False)
+
+
+def _written(numbers, workdir):
+  assert os.path.exists(numbers['figure'])
+  with open(os.path.join(workdir, 'figure.json')) as f:
+    return json.load(f)
+
+
+def test_fig_times(times_run):
+  workdir, numbers = times_run
+  on_disk = _written(numbers, workdir)
+  assert set(on_disk['t_eps_errors']) == {'digits567', 'digits789', 'digits567_6px'}
+  assert len(numbers['table']) == 2 + 3 * 3  # header, then 3 targets × 3 methods
+  # The three targets share the first one's pretraining.
+  assert os.path.exists(os.path.join(workdir, 'digits567', 'pretrain', 'checkpoint.msgpack'))
+  assert not os.path.exists(os.path.join(workdir, 'digits789', 'pretrain', 'checkpoint.msgpack'))
+
+
+def test_fig_curves_reuses_the_fig_times_workdir(times_run):
+  workdir, _ = times_run
+  summary = os.path.join(workdir, 'digits789', 'summary.json')
+  before = os.path.getmtime(os.path.join(workdir, 'digits789', 'kernel.npz'))
+  numbers = fig_curves.run(fig_curves_config.get_config('smoke'), workdir, progress=False)
+  assert os.path.getmtime(os.path.join(workdir, 'digits789', 'kernel.npz')) == before
+  assert len(_written(numbers, workdir)['panels']) == 3 * 4
+  assert os.path.exists(summary)
+  bad = fig_curves_config.get_config('smoke')
+  bad.show = (0, 9)
+  with pytest.raises(ValueError, match=r'show=\[0, 9\] names a grid point'):
+    fig_curves.run(bad, workdir, progress=False)
+
+
+def test_fig_effective_lr(tmp_path):
+  numbers = fig_effective_lr.run(fig_effective_lr_config.get_config('smoke'), str(tmp_path),
+                                 progress=False)
+  [group] = _written(numbers, str(tmp_path))['groups']  # 0.05/(1-0) == 0.02/(1-0.6)
+  assert group['effective_lr'] == pytest.approx(0.05)
+  assert {m['name'].split('_')[0] for m in group['members']} == {'lr0.05', 'lr0.02'}
+
+
+def test_fig_batch_size(tmp_path):
+  numbers = fig_batch_size.run(fig_batch_size_config.get_config('smoke'), str(tmp_path),
+                               progress=False)
+  points = _written(numbers, str(tmp_path))['points']
+  assert [p['batch_size'] for p in points] == [3, 6, 24]
+  # At B = N the SDE has no noise: it is the ODE, to float precision.
+  full = points[-1]
+  assert full['sde_t_eps'] == full['full_batch_t_eps']
