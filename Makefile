@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= workdirs/default
 
-.PHONY: setup data test demo bench accuracy
+.PHONY: setup data test demo bench accuracy figures
 
 setup: $(VENV)/.installed data
 
@@ -38,14 +38,17 @@ demo: setup
 bench: setup
 	$(PY) -m experiments.bench_kernel
 
-# The accuracy study of the README: the demo grid with 2 seeds, and two other targets
-# fine-tuned from the same pretrained checkpoint.
+# The accuracy study of the README (figures 1 and 2): the demo grid with 2 seeds and two
+# other targets fine-tuned from the same pretrained checkpoint.
 ACC := workdirs/accuracy
 accuracy: setup
-	$(PY) -m experiments.compare --config ntk_time/configs/default.py --workdir $(ACC)/fashion \
-	  --config.finetune.seeds=2
-	$(PY) -m experiments.compare --config ntk_time/configs/digits.py --workdir $(ACC)/digits \
-	  --config.pretrain.checkpoint=$(ACC)/fashion/pretrain/checkpoint.msgpack
-	$(PY) -m experiments.compare --config ntk_time/configs/fashion14.py --workdir $(ACC)/fashion14 \
-	  --config.pretrain.checkpoint=$(ACC)/fashion/pretrain/checkpoint.msgpack
+	$(PY) -m experiments.fig_times --config=ntk_time/configs/fig_times.py --workdir=$(ACC)
+	$(PY) -m experiments.fig_curves --config=ntk_time/configs/fig_curves.py --workdir=$(ACC)
 	$(PY) -m experiments.report $(ACC)/fashion $(ACC)/digits $(ACC)/fashion14
+
+# Figures 3 and 4 (figures 1 and 2 are `make accuracy`).
+figures: setup
+	$(PY) -m experiments.fig_effective_lr --config=ntk_time/configs/fig_effective_lr.py \
+	  --workdir=workdirs/effective_lr
+	$(PY) -m experiments.fig_batch_size --config=ntk_time/configs/fig_batch_size.py \
+	  --workdir=workdirs/batch_size

@@ -104,14 +104,20 @@ def test_pretraining_resumes(tmp_path):
     pretrain.from_config(config, str(tmp_path), progress=False)
 
 
-def test_quickstart_notebook_executes(smoke_run):
+NOTEBOOKS = {'quickstart': ['predicted T_eps', 'real T_eps'],
+             'spectrum': ['max relative gap simulator vs closed form', 'modes are slower'],
+             'sweep': ['configurations predicted', 'fastest among those fine-tuned']}
+
+
+@pytest.mark.parametrize('name', sorted(NOTEBOOKS))
+def test_notebook_executes(smoke_run, name):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
   workdir, _ = smoke_run
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks',
-                      'quickstart.ipynb')
+                      f'{name}.ipynb')
   nb = nbformat.read(path, as_version=4)
-  os.environ['NTK_TIME_WORKDIR'] = workdir  # reuse the smoke run instead of making another
+  os.environ['NTK_TIME_WORKDIR'] = workdir  # reuse the smoke run's pretraining
   try:
     nbclient.NotebookClient(nb, timeout=300, kernel_name='python3',
                             resources={'metadata': {'path': os.path.dirname(path)}}).execute()
@@ -119,7 +125,8 @@ def test_quickstart_notebook_executes(smoke_run):
     del os.environ['NTK_TIME_WORKDIR']
   text = ''.join(o.get('text', '') for c in nb.cells if c.cell_type == 'code'
                  for o in c.get('outputs', []))
-  assert 'T_eps error' in text and 'cost ratio' in text
+  for expected in NOTEBOOKS[name]:
+    assert expected in text, (name, expected, text[-2000:])
 
 
 def test_finetune_script_matches_the_compare_run(smoke_run, tmp_path):
