@@ -193,7 +193,7 @@ def _sde_one(key, lr_sum, lr_sq, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, noise,
 
 def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, loss, eval_every,
                  dt=1, momentum=0.0, weight_decay=0.0, jw0_train=None, k_test_train=None,
-                 fx_test_0=None, y_test=None, jw0_test=None):
+                 fx_test_0=None, y_test=None, jw0_test=None, population=None):
   """The paper's SDE, Euler–Maruyama, one path per key (DESIGN §3.2).
 
     dF = -(η̃/N) Θ r(F) dt + η̃ √(c/(B N)) Θ R(F) P dW_t,  η̃ = η/(1-m),
@@ -212,6 +212,11 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
     dt: SGD steps per Euler–Maruyama step.
     momentum: m, used only through the effective learning rate.
     weight_decay: λ, added to the drift as λ (F - F_0 + J w0).
+    population: N_full when the N given samples stand for a training set of
+      N_full (a random subset of it, each sample standing for N_full/N): the
+      drift (1/N) Σ over the subset is then the full set's mean move, the
+      minibatch covariance is the same population covariance, and only c uses
+      N_full, which B may exceed N but not N_full. None: the samples are the set.
 
   Returns:
     (curves, fx_train_T, fx_test_T) as simulate_sgd, with S = len(keys) paths.
@@ -224,12 +229,15 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   fx0 = jnp.asarray(fx_train_0)
   n, c = fx0.shape
   dtype = fx0.dtype
-  if not 1 <= batch_size <= n:
-    raise ValueError(f'batch_size={batch_size} must be in 1..N={n}')
+  n_pop = n if population is None else population
+  if n_pop < n:
+    raise ValueError(f'population={population} is smaller than the {n} samples given')
+  if not 1 <= batch_size <= n_pop:
+    raise ValueError(f'batch_size={batch_size} must be in 1..N={n_pop}')
   eff = lrs / (1.0 - momentum)
   lr_sum = eff.reshape(-1, dt).sum(1)
   lr_sq = (eff**2).reshape(-1, dt).sum(1)
-  cfac = (n - batch_size) / (n - 1) if n > 1 else 0.0
+  cfac = (n_pop - batch_size) / (n_pop - 1) if n_pop > 1 else 0.0
   noise = np.sqrt(cfac / (batch_size * n))
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=False)

@@ -133,7 +133,8 @@ def _diverged(curves: dict) -> bool:
 def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             configs: list[sgd.SGD], *, key: jax.Array | None = None, method: str = 'sde',
             loss: str, eval_every: int, targets: Targets, num_paths: int = 32, dt: int = 1,
-            orders: list[np.ndarray] | None = None, dtype=np.float32) -> list[dict]:
+            orders: list[np.ndarray] | None = None, dtype=np.float32,
+            population: int | None = None) -> list[dict]:
   """Predicts every configuration of a grid from one linearisation.
 
   Args:
@@ -150,6 +151,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     loss, eval_every, targets: see dynamics / Targets.
     dt: SGD steps per Euler–Maruyama step (sde only).
     dtype: of the simulation (np.float64 needs jax_enable_x64).
+    population: sde only: the size N of the training set that the kernel's
+      samples are a random subset of (subset.py's replica prediction); the
+      batch size is checked against it.
 
   Returns:
     One dict per configuration: 'hparams', 'method', 'steps' [E], 'curves'
@@ -184,9 +188,11 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
                        k_phi_test=k_phi_st.astype(dtype),
                        features_test_0=lin.features_test.astype(dtype), y_test=y_test,
                        jw0_features_test=lin.jw0_features_test.astype(dtype))
+  if population is not None and method != 'sde':
+    raise ValueError(f'population is for the sde method only, got method={method!r}')
   results = []
   for i, hp in enumerate(configs):
-    hp.validate(n)
+    hp.validate(population or n)
     lrs = sgd.learning_rates(hp)
     start = time.perf_counter()
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
@@ -199,7 +205,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
         o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps) for k in ks])
     if method == 'sde':
       keys = jax.random.split(jax.random.fold_in(key, i), num_paths)
-      curves, _, _ = dynamics.simulate_sde(keys, lrs, batch_size=hp.batch_size, dt=dt, **common)
+      curves, _, _ = dynamics.simulate_sde(keys, lrs, batch_size=hp.batch_size, dt=dt,
+                                           population=population, **common)
     elif method == 'exact':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
     elif method == 'head_aware':
