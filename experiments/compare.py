@@ -17,7 +17,6 @@ deletes it first.
 """
 
 import os
-import shutil
 import time
 
 from absl import app
@@ -45,33 +44,6 @@ def config_name(hp: sgd.SGD) -> str:
   return f'lr{hp.lr:g}_B{hp.batch_size}_m{hp.momentum:g}_wd{hp.weight_decay:g}'
 
 
-def _claim(workdir: str, config, overwrite: bool) -> None:
-  """Makes `workdir` this config's, refusing one made with another config."""
-  path = os.path.join(workdir, 'config.json')
-  new = config.to_dict()
-  if os.path.exists(path):
-    old = wd.read_json(path)
-    if wd.config_hash(old) != wd.config_hash(new):
-      if not overwrite:
-        diff = _differences(old, wd.as_json(new))
-        raise ValueError(f'{workdir} holds a run of another config ({"; ".join(diff[:5])}); '
-                         'use another workdir, or --overwrite to delete it and start afresh')
-      shutil.rmtree(workdir)
-  os.makedirs(workdir, exist_ok=True)
-  wd.write_json(path, new)
-
-
-def _differences(old: dict, new: dict, prefix: str = '') -> list[str]:
-  out = []
-  for k in sorted(set(old) | set(new)):
-    a, b = old.get(k), new.get(k)
-    if isinstance(a, dict) and isinstance(b, dict):
-      out += _differences(a, b, f'{prefix}{k}.')
-    elif a != b:
-      out.append(f'{prefix}{k}: {a!r} there, {b!r} here')
-  return out
-
-
 def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pred_hash):
   """Every method's predictions, reused from `path` if made for `pred_hash`.
 
@@ -95,20 +67,22 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
   return preds
 
 
-def _kernel(apply_fn, features_fn, params, task, config, workdir, kernel_hash, progress):
-  path = os.path.join(workdir, 'kernel.npz')
+def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test, kernel_cfg,
+                  features_fn=None, progress: bool = True) -> ntk.Linearization:
+  """ntk.linearize with the settings of a `kernel` config block, reused from `path`
+  (an npz) when it was written for `kernel_hash`."""
   cached = wd.load_if_hash(path, kernel_hash)
   if cached is not None:
     return ntk.Linearization(**{k: v for k, v in cached.items() if k != 'config_hash'})
-  k = config.kernel
-  lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, implementation=k.implementation,
+  k = kernel_cfg
+  lin = ntk.linearize(apply_fn, params, x_train, x_test, implementation=k.implementation,
                       traced=k.traced, block_size=k.block_size, memory_gb=k.memory_gb,
                       features_fn=features_fn, progress=progress)
   wd.write_npz(path, config_hash=kernel_hash, **lin.arrays())
   return lin
 
 
-def _real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_sub, drift_x,
+def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_sub, drift_x,
               progress):
   """One real fine-tuning run (reused if finished, resumed if interrupted), with its
   kernel drift (None after a divergence)."""
@@ -153,7 +127,7 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
   configs = config_lib.check(config)  # before any work is done
   ft, pc = config.finetune, config.predict
   targets = config_lib.targets_from_config(pc)
-  _claim(workdir, config, overwrite)
+  wd.claim(workdir, config.to_dict(), overwrite)
   keys = sgd.run_keys(config.seed)
   key_head, key_order, key_sde, key_time = keys['head'], keys['order'], keys['sde'], keys['time']
 
@@ -168,7 +142,8 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
   base = {'checkpoint': wd.config_hash(pre_report), 'ckpt_path': os.path.abspath(ckpt_path),
           'model': config.model.to_dict(), 'target': config.target.to_dict(), 'seed': config.seed}
   kernel_hash = wd.config_hash({**base, 'kernel': config.kernel.to_dict(), 'features': True})
-  lin = _kernel(apply_fn, features_fn, params, task, config, workdir, kernel_hash, progress)
+  lin = cached_kernel(os.path.join(workdir, 'kernel.npz'), kernel_hash, apply_fn, params,
+                      task.x_train, task.x_test, config.kernel, features_fn, progress)
   kernel_report = ntk.check_kernel(lin.k_train_train)
   n_drift = min(config.kernel.drift_samples, len(task.x_train))
   drift_x = task.x_train[:n_drift]
@@ -209,7 +184,7 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
         print(f'[{bar_desc}] real run {i * ft.seeds + s + 1}: {name}')
       run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'seed_run': s, 'loss': ft.loss,
                                  'eval_every': ft.eval_every, 'drift': n_drift})
-      r, c = _real_run(apply_fn, params, task, hp, orders[i][s], config,
+      r, c = real_run(apply_fn, params, task, hp, orders[i][s], config,
                        os.path.join(workdir, 'runs', name), run_hash,
                        k0_sub if s == 0 else None, drift_x, progress)
       runs.append(r)

@@ -259,3 +259,32 @@ def batch_size(summary: dict, path: str) -> str:
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
+
+
+def subset(summary: dict, path: str) -> str:
+  """Predicted T_eps against the subset size M (real T_eps on all N as a line), and λ_k/M."""
+  fig, (ax, ax_s) = plt.subplots(1, 2, figsize=(9.4, 3.6))
+  for color, r in zip(TASK_COLORS * 10, summary['rows']):
+    ms = [x['m'] for x in r['by_size']]
+    for method, ls in (('replica', '-o'), ('spectral', '--s')):
+      t = [x.get(f'{method}_t_eps') for x in r['by_size']]
+      if any(v is not None for v in t):
+        ax.plot(ms, [np.nan if v is None else v for v in t], ls, color=color, ms=4,
+                label=f"{r['name']} ({method})")
+    if r['real_t_eps'] is not None:
+      ax.axhline(r['real_t_eps'], color=color, lw=0.8, ls=':')
+  ax.set_xscale('log')
+  ax.set_xlabel(f"subset size M (real runs on N = {summary['n_train']}, dotted)")
+  ax.set_ylabel('T_eps (SGD steps)')
+  ax.legend(fontsize=5)
+  for m, lam in summary['spectra'].items():
+    lam = np.asarray(lam, float)
+    k = np.arange(1, len(lam) + 1)
+    ax_s.loglog(k, np.where(lam > 0, lam / int(m), np.nan), lw=1, label=f'M = {m}')
+  ax_s.set_xlabel('mode k')
+  ax_s.set_ylabel('λ_k / M')
+  ax_s.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path

@@ -9,6 +9,7 @@ old file or the new one, never half a file.
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -103,3 +104,34 @@ def load_if_hash(path: str, expected_hash: str) -> dict[str, np.ndarray] | None:
   if str(arrays.get('config_hash', '')) != expected_hash:
     return None
   return arrays
+
+
+def claim(workdir: str, config: dict, overwrite: bool = False) -> None:
+  """Makes `workdir` the workdir of `config`, refusing one made with another config.
+
+  Raises:
+    ValueError: `workdir/config.json` holds another config (the first differences
+      are named) and `overwrite` is False; with `overwrite` the workdir is deleted.
+  """
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    old = read_json(path)
+    if config_hash(old) != config_hash(config):
+      if not overwrite:
+        diff = _differences(old, as_json(config))
+        raise ValueError(f'{workdir} holds a run of another config ({"; ".join(diff[:5])}); '
+                         'use another workdir, or --overwrite to delete it and start afresh')
+      shutil.rmtree(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  write_json(path, config)
+
+
+def _differences(old: dict, new: dict, prefix: str = '') -> list[str]:
+  out = []
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k), new.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f'{prefix}{k}.')
+    elif a != b:
+      out.append(f'{prefix}{k}: {a!r} there, {b!r} here')
+  return out

@@ -67,3 +67,21 @@ def test_fig_batch_size(tmp_path):
   # At B = N the SDE has no noise: it is the ODE, to float precision.
   full = points[-1]
   assert full['sde_t_eps'] == full['full_batch_t_eps']
+
+
+def test_subset_experiment(tmp_path):
+  from experiments import subset as subset_script  # pylint: disable=g-import-not-at-top
+  from ntk_time.configs import subset as subset_config  # pylint: disable=g-import-not-at-top
+  numbers = subset_script.run(subset_config.get_config('smoke'), str(tmp_path), progress=False)
+  errors = _written(numbers, str(tmp_path))['errors']
+  assert [(e['run'].split('_')[0], e['m']) for e in errors] == [
+      ('cross', 6), ('cross', 12), ('mse', 6), ('mse', 12)]
+  assert all(e['spectral'] is None for e in errors[:2])  # spectral is for MSE only
+  with open(tmp_path / 'summary.json') as f:
+    summary = json.load(f)
+  assert summary['n_train'] == 24 and len(summary['spectra']['12']) == 12 * 3
+  bad = subset_config.get_config('smoke')
+  bad.sizes = (6, 48)
+  with pytest.raises(ValueError, match=r'sizes=\[6, 48\] has a subset larger than '
+                     'target.n_train=24'):
+    subset_script.run(bad, str(tmp_path / 'bad'), progress=False)
