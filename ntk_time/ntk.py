@@ -10,7 +10,9 @@ K_ij = tr(Θ_ij) / C, [N, N], for the approximation Θ ≈ K ⊗ I_C.
 
 Implementations:
   'direct'                   one batched vmap(jacrev) pass storing J by blocks,
-                             then J Jᵀ by row blocks (one BLAS matmul each).
+                             then J Jᵀ by row blocks (one BLAS matmul each);
+                             the samples spread over all local devices, and
+                             optionally a random projection J Π (sketch_dim).
   'nt_jacobian_contraction'  nt.batch(empirical_ntk_fn(..., JACOBIAN_CONTRACTION)).
   'nt_ntvp'                  nt.batch(empirical_ntk_fn(..., NTK_VECTOR_PRODUCTS)).
 'direct' is the default because it computes every Jacobian once, while
@@ -89,63 +91,123 @@ class Linearization:
 
 
 def memory_bytes(n_train: int, n_test: int, num_classes: int, num_params: int, *,
-                 implementation: str, traced: bool, block_size: int, itemsize: int = 4) -> int:
+                 implementation: str, traced: bool, block_size: int, itemsize: int = 4,
+                 sketch_dim: int = 0) -> int:
   """Peak host memory the kernel computation needs, in bytes (an estimate).
 
-  Direct: J_train [N·C, P] + the kernels + one block's Jacobian (×3 for the
-  backward pass' activations and the copy to host). neural-tangents: the
-  kernels + the Jacobians of two blocks (×3 likewise).
+  Direct: J_train [N·C, P] (J Π [N·C, k] when sketched) + the kernels + one
+  block's Jacobian (×3 for the backward pass' activations and the copy to
+  host). neural-tangents: the kernels + the Jacobians of two blocks (×3 likewise).
   """
   c_out = 1 if traced else num_classes
   kernels = (n_train + n_test) * n_train * c_out**2
   block = 3 * block_size * num_classes * num_params
   if implementation == 'direct':
-    return itemsize * (n_train * num_classes * num_params + kernels + block)
+    stored = n_train * num_classes * (sketch_dim or num_params)
+    return itemsize * (stored + kernels + block)
   return itemsize * (kernels + 2 * block)
-
-
-def jacobian_fn(apply_fn: Callable, params: PyTree) -> tuple[Callable, jax.Array]:
-  """(jac(flat_params, x: [b, ...]) -> [b, C, P], flat w0: [P])."""
-  flat, unravel = ravel_pytree(params)
-
-  def f(p, x):
-    return apply_fn(unravel(p), x[None])[0]
-  return jax.jit(jax.vmap(jax.jacrev(f), in_axes=(None, 0))), flat
 
 
 def _blocks(n: int, size: int):
   return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress):
-  jac, flat = jacobian_fn(apply_fn, params)
+SKETCH_CHUNK = 4096  # rows of the sketch Π generated at a time: Π is never held at P × k
+
+
+def sketch_fn(num_params: int, dim: int, key: jax.Array) -> Callable:
+  """project(j: [b, C, P]) -> j Π: [b, C, dim], Π [P, dim] with N(0, 1/dim) entries.
+
+  Π is generated SKETCH_CHUNK rows at a time from `key` and the row block's
+  index, so every call (train or test samples) sees the same Π without it
+  being stored; E[Π Πᵀ] = I, so (JΠ)(JΠ)ᵀ is an unbiased estimate of J Jᵀ.
+  """
+  chunks = -(-num_params // SKETCH_CHUNK)
+
+  @jax.jit
+  def project(j):
+    b, c, p = j.shape
+    j = jnp.pad(j, ((0, 0), (0, 0), (0, chunks * SKETCH_CHUNK - p)))
+    j = j.reshape(b, c, chunks, SKETCH_CHUNK).transpose(2, 0, 1, 3)
+
+    def add(acc, inp):
+      i, block = inp
+      pi = jax.random.normal(jax.random.fold_in(key, i), (SKETCH_CHUNK, dim), j.dtype)
+      return acc + block @ pi, None
+
+    acc, _ = jax.lax.scan(add, jnp.zeros((b, c, dim), j.dtype), (jnp.arange(chunks), j))
+    return acc / jnp.sqrt(jnp.asarray(dim, j.dtype))
+  return project
+
+
+def _per_device(f: Callable, mesh, in_specs, out_specs) -> Callable:
+  """f run on each device's shard (shard_map), jitted.
+
+  Not jit's automatic partitioning: with jax 0.5.3 on CPU, vmap(jacrev) of the
+  ResNet with its batch sharded that way gives wrong Jacobians (errors of 25%
+  of the entries' scale), while shard_map gives exactly the one-device result.
+  """
+  if hasattr(jax, 'shard_map'):  # jax >= 0.6
+    return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                 check_vma=False))
+  from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
+  return jax.jit(shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                           check_rep=False))
+
+
+def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, sketch_dim=0,
+            sketch_key=None, num_devices=None):
+  devices = jax.local_devices()[:num_devices]
+  d = len(devices)
+  mesh = jax.sharding.Mesh(np.array(devices), ('d',))
+  spec, rows = jax.sharding.PartitionSpec, jax.sharding.PartitionSpec('d')
+  flat, unravel = ravel_pytree(params)
+
+  def one(p, x):
+    return apply_fn(unravel(p), x[None])[0]
+  jac = _per_device(jax.vmap(jax.jacrev(one), in_axes=(None, 0)), mesh, (spec(), rows), rows)
+  if sketch_dim:
+    project = sketch_fn(flat.size, sketch_dim, sketch_key)
   n, nt_ = len(x_train), len(x_test)
-  blocks = _blocks(n, block_size)
-  test_blocks = _blocks(nt_, block_size)
+  # Blocks are padded to a multiple of the device count (repeating their last sample) so
+  # that their samples split evenly over the devices; the padding is dropped at once.
+  size = -(-block_size // d) * d
+  blocks, test_blocks = _blocks(n, size), _blocks(nt_, size)
   bar = tqdm.tqdm(total=2 * len(blocks) + len(test_blocks), desc='kernel (direct)',
                   disable=not progress, leave=False)
+
+  def jacobian(x):  # [b, ...] -> [b, C, P] (or [b, C, k] sketched)
+    pad = -len(x) % d
+    xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+    j = jac(flat, xp)
+    return (project(j) if sketch_dim else j)[:len(x)]
+
   j_train = []  # [b, C, P] blocks of J at w0, kept so each Jacobian is computed once
   for a, b in blocks:
-    j_train.append(jac(flat, x_train[a:b]))
+    j_train.append(jacobian(x_train[a:b]))
     bar.update(1)
   j_train = jnp.concatenate(j_train)  # [N, C, P]
   c = j_train.shape[1]
+  # Each device holds a slice of J's samples and computes those columns of J Jᵀ; zero rows
+  # pad N to a multiple of the device count (their kernel entries are zero and dropped).
+  n_pad = -(-n // d) * d
+  j_cols = jnp.pad(j_train, ((0, n_pad - n), (0, 0), (0, 0)))
 
-  # J_train is an argument, not a closure: a captured array would become an
-  # XLA constant, and compiling a constant of N·C·P floats is slower than the product.
-  @jax.jit
-  def gram(ja, jb):  # [b, C, P], [N, C, P] -> [b, N, C, C] or [b, N]
+  def gram_local(ja, jb):  # [b, C, P], [N/d, C, P] -> [b, N/d, C, C] or [b, N/d]
     if traced:
       return jnp.einsum('acp,bcp->ab', ja, jb) / c
     return jnp.einsum('acp,bdp->abcd', ja, jb)
+  # J is an argument, not a closure: a captured array would become an XLA constant,
+  # and compiling a constant of N·C·P floats is slower than the product.
+  gram = _per_device(gram_local, mesh, (spec(), rows), spec(None, 'd'))
 
   k_tt = []
   for a, b in blocks:
-    k_tt.append(np.asarray(gram(j_train[a:b], j_train)))
+    k_tt.append(np.asarray(gram(j_train[a:b], j_cols))[:, :n])
     bar.update(1)
   k_st = []
   for a, b in test_blocks:
-    k_st.append(np.asarray(gram(jac(flat, x_test[a:b]), j_train)))
+    k_st.append(np.asarray(gram(jacobian(x_test[a:b]), j_cols))[:, :n])
     bar.update(1)
   bar.close()
   shape = (0, n) if traced else (0, n, c, c)
@@ -173,8 +235,9 @@ def _neural_tangents(apply_fn, params, x_train, x_test, traced, block_size, impl
 
 def empirical_ntk(apply_fn: Callable, params: PyTree, x_train: np.ndarray,
                   x_test: np.ndarray | None = None, *, implementation: str = 'direct',
-                  traced: bool = False, block_size: int = 100,
-                  progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                  traced: bool = False, block_size: int = 100, progress: bool = False,
+                  sketch_dim: int = 0, sketch_key: jax.Array | None = None,
+                  num_devices: int | None = None) -> tuple[np.ndarray, np.ndarray]:
   """k_train_train [N, N, C, C] and k_test_train [N_test, N, C, C] ([.., N] if traced).
 
   Args:
@@ -185,15 +248,28 @@ def empirical_ntk(apply_fn: Callable, params: PyTree, x_train: np.ndarray,
     implementation: one of IMPLEMENTATIONS.
     traced: the class-traced kernel tr(Θ_ij)/C instead of the full one.
     block_size: samples per Jacobian block.
+    sketch_dim: k > 0: the random-projection estimate (JΠ)(JΠ)ᵀ with a
+      [P, k] Gaussian sketch from `sketch_key` (`sketch_fn`), which stores J Π
+      ([N, C, k]) instead of J; 0: the exact kernel. Direct path only.
+    num_devices: direct path: spread the samples of each Jacobian block and the
+      columns of J Jᵀ over the first `num_devices` local devices (None: all).
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'unknown kernel implementation {implementation!r}; expected one of '
                      f'{IMPLEMENTATIONS}')
   if not (isinstance(block_size, (int, np.integer)) and block_size >= 1):
     raise ValueError(f'block_size must be a positive integer, got {block_size!r}')
+  if not (isinstance(sketch_dim, (int, np.integer)) and sketch_dim >= 0):
+    raise ValueError(f'sketch_dim must be an integer >= 0, got {sketch_dim!r}')
+  if sketch_dim and implementation != 'direct':
+    raise ValueError(f'sketch_dim={sketch_dim} needs the direct implementation, got '
+                     f'{implementation!r}')
+  if sketch_dim and sketch_key is None:
+    raise ValueError('sketch_dim > 0 needs a sketch_key')
   x_test = x_train[:0] if x_test is None else x_test
   if implementation == 'direct':
-    return _direct(apply_fn, params, x_train, x_test, traced, block_size, progress)
+    return _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, sketch_dim,
+                   sketch_key, num_devices)
   return _neural_tangents(apply_fn, params, x_train, x_test, traced, block_size, implementation)
 
 
@@ -217,7 +293,8 @@ def outputs(apply_fn: Callable, params: PyTree, x: np.ndarray, chunk: int = 500)
 def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: np.ndarray, *,
               implementation: str = 'direct', traced: bool = False, block_size: int = 100,
               memory_gb: float = 8.0, features_fn: Callable | None = None,
-              progress: bool = True) -> Linearization:
+              sketch_dim: int = 0, sketch_key: jax.Array | None = None,
+              num_devices: int | None = None, progress: bool = True) -> Linearization:
   """Kernel, initial outputs and J w0 of `apply_fn` at `params` on train and test.
 
   With `features_fn(params, x) -> [n, D]` (the features under a Dense head
@@ -225,12 +302,13 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
   J w0, and the head.
 
   Says how much memory it needs before it starts and raises MemoryError, with
-  the numbers, if that exceeds `memory_gb`.
+  the numbers, if that exceeds `memory_gb`. sketch_dim, sketch_key and
+  num_devices: see `empirical_ntk`.
   """
   num_classes = int(np.shape(jax.eval_shape(apply_fn, params, x_train[:1]))[-1])
   p = sum(int(np.size(v)) for v in jax.tree.leaves(params))
   need = memory_bytes(len(x_train), len(x_test), num_classes, p, implementation=implementation,
-                      traced=traced, block_size=block_size)
+                      traced=traced, block_size=block_size, sketch_dim=sketch_dim)
   if need > memory_gb * 2**30:
     raise MemoryError(
         f'the kernel needs about {need / 2**30:.1f} GiB (N={len(x_train)}, N_test={len(x_test)}, '
@@ -238,10 +316,13 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
         f'kernel.memory_gb={memory_gb}; use fewer samples, the traced kernel or a smaller block')
   if progress:
     print(f'kernel: N={len(x_train)}, N_test={len(x_test)}, C={num_classes}, P={p:,}, '
-          f'{implementation}{" traced" if traced else ""}, about {need / 2**30:.2f} GiB')
+          f'{implementation}{" traced" if traced else ""}'
+          f'{f" sketched to k={sketch_dim}" if sketch_dim else ""}, about {need / 2**30:.2f} GiB')
   start = time.perf_counter()
   k_tt, k_st = empirical_ntk(apply_fn, params, x_train, x_test, implementation=implementation,
-                             traced=traced, block_size=block_size, progress=progress)
+                             traced=traced, block_size=block_size, progress=progress,
+                             sketch_dim=sketch_dim, sketch_key=sketch_key,
+                             num_devices=num_devices)
   lin = Linearization(
       k_train_train=k_tt, k_test_train=k_st,
       fx_train_0=outputs(apply_fn, params, x_train), fx_test_0=outputs(apply_fn, params, x_test),

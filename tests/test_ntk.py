@@ -1,5 +1,7 @@
 """The empirical NTK against J Jᵀ from jax.jacrev, across implementations."""
 
+import os
+
 import jax
 from jax.flatten_util import ravel_pytree
 import numpy as np
@@ -7,6 +9,8 @@ import pytest
 
 from ntk_time import models
 from ntk_time import ntk
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -89,3 +93,55 @@ def test_unknown_implementation(net):
   apply_fn, params, x, _ = net
   with pytest.raises(ValueError, match="'nt_structured'"):
     ntk.empirical_ntk(apply_fn, params, x, implementation='nt_structured')
+
+
+def test_sketched_kernel_is_an_unbiased_estimate_that_improves_with_k(net):
+  apply_fn, params, x, xt = net
+  exact = ntk.flatten(_jjt(apply_fn, params, x, x))
+  norm = np.linalg.norm(exact)
+
+  def sketched(dim, seed):
+    k, k_st = ntk.empirical_ntk(apply_fn, params, x, xt, block_size=4, sketch_dim=dim,
+                                sketch_key=jax.random.key(seed))
+    assert k_st.shape == (4, 6, 3, 3)
+    return ntk.flatten(k)
+
+  errors = {dim: np.linalg.norm(sketched(dim, 0) - exact) / norm for dim in (16, 256, 4096)}
+  assert errors[16] > errors[256] > errors[4096] and errors[4096] < 0.05, errors
+  # Unbiased: the mean of 16 independent k = 16 sketches is ~4x closer than one of them.
+  mean = np.mean([sketched(16, s) for s in range(16)], axis=0)
+  assert np.linalg.norm(mean - exact) / norm < 0.5 * errors[16]
+  # Same key, same sketch: train and test blocks are projected alike.
+  np.testing.assert_array_equal(sketched(16, 3), sketched(16, 3))
+  with pytest.raises(ValueError, match='sketch_dim=8 needs the direct implementation'):
+    ntk.empirical_ntk(apply_fn, params, x, implementation='nt_ntvp', sketch_dim=8,
+                      sketch_key=jax.random.key(0))
+
+
+def test_kernel_on_four_devices_equals_one_device(tmp_path):
+  """In a subprocess with 4 host devices: 11 samples, blocks of 4, so padding is exercised."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = tmp_path / 'four.py'
+  script.write_text('''
+import sys
+sys.path.insert(0, %r)
+import jax, numpy as np
+from ntk_time import models, ntk
+assert len(jax.local_devices()) == 4, jax.local_devices()
+model = models.create_model('ResNetTiny', 3, num_filters=4)
+v = models.init_variables(model, jax.random.key(0), (8, 8, 1))
+f = models.make_apply_fn(model, v['batch_stats'])
+rng = np.random.default_rng(0)
+x, xt = rng.normal(size=(11, 8, 8, 1)).astype(np.float32), rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
+one = ntk.empirical_ntk(f, v['params'], x, xt, block_size=4, num_devices=1)
+four = ntk.empirical_ntk(f, v['params'], x, xt, block_size=4)
+for a, b in zip(one, four):
+  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
+print('max relative difference', max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(one, four)))
+''' % ROOT)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'max relative difference' in out.stdout

@@ -122,6 +122,11 @@ def check(config) -> list[sgd.SGD]:
   _positive_int(k.block_size, 'kernel.block_size')
   _positive_float(k.memory_gb, 'kernel.memory_gb')
   _positive_int(k.drift_samples, 'kernel.drift_samples', minimum=0)
+  _positive_int(k.sketch_dim, 'kernel.sketch_dim', minimum=0)
+  _positive_int(k.sketch_seed, 'kernel.sketch_seed', minimum=0)
+  if k.sketch_dim and k.implementation != 'direct':
+    raise ValueError(f'kernel.sketch_dim={k.sketch_dim} needs kernel.implementation=\'direct\', '
+                     f'got {k.implementation!r}')
 
   pc = config.predict
   _positive_int(pc.num_paths, 'predict.num_paths')
