@@ -36,6 +36,7 @@ demo: setup
 	$(PY) -m experiments.compare --config ntk_time/configs/default.py --workdir $(WORKDIR)
 
 bench: setup
+	$(PY) -m experiments.bench
 	$(PY) -m experiments.bench_kernel
 
 # The accuracy study of the README (figures 1 and 2): the demo grid with 2 seeds and two

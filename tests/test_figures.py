@@ -85,3 +85,16 @@ def test_subset_experiment(tmp_path):
   with pytest.raises(ValueError, match=r'sizes=\[6, 48\] has a subset larger than '
                      'target.n_train=24'):
     subset_script.run(bad, str(tmp_path / 'bad'), progress=False)
+
+
+def test_bench_runs_on_tiny_sizes():
+  """The benchmark's plumbing (not its timings) on a few digits."""
+  from experiments import bench  # pylint: disable=g-import-not-at-top
+  task, params, apply_fn = bench._setup(100, 'digits')  # pylint: disable=protected-access
+  assert bench.limit(task, params, apply_fn)['limit_seconds'] > 0
+  proj = bench.projections(task, params, apply_fn, [64], steps=20)
+  assert 0 < proj['sketches'][0]['rel_frobenius_error'] < 1
+  cost = bench.grid_cost(task, params, apply_fn, steps=20)
+  assert cost['grid_32']['train_seconds'] > cost['grid_8']['train_seconds'] > 0
+  rows = bench.scaling('digits', [30, 40], exact_max=30, steps=20, sketch_dim=64)['rows']
+  assert [r['sketch_dim'] for r in rows] == [0, 64]

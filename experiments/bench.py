@@ -1,0 +1,206 @@
+r"""Cost benchmark: ratios measured side by side in one run on this machine (`make bench`).
+
+  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--out=workdirs/bench.json]
+
+Prints and writes to JSON, so that commits can be compared:
+  1. the kernel against this machine's limit: one batched vmap(jacrev) pass
+     over the data plus one J Jᵀ matmul, and the FLOP/s of the kernel's Gram
+     product against a plain matmul of the same size (aim: within 1.5×);
+  2. random projections: kernel error (relative Frobenius) and time for
+     several sketch sizes k, and the effect on a predicted T_eps;
+  3. predicting a grid of 8 and 32 configurations against fine-tuning them
+     (aim: ≥ 30× for 8, ≥ 100× for 32); fine-tuning cost is its measured
+     seconds per compiled step × steps, evaluation excluded;
+  4. kernel time and memory against N (exact up to `--exact_max`, sketched
+     beyond) and SDE steps per second against N·C.
+Model: the default ResNet-8 with random weights (costs do not depend on the
+values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed).
+"""
+
+import json
+import os
+import time
+
+from absl import app
+from absl import flags
+import jax
+from jax.flatten_util import ravel_pytree
+import jax.numpy as jnp
+import numpy as np
+
+from ntk_time import data
+from ntk_time import dynamics
+from ntk_time import finetune
+from ntk_time import models
+from ntk_time import ntk
+from ntk_time import predict
+from ntk_time import sgd
+
+_SIZES = flags.DEFINE_list('sizes', ['250', '500', '1000', '2000', '4000'], 'N for the table')
+_N = flags.DEFINE_integer('n', 500, 'N for parts 1-3')
+_EXACT_MAX = flags.DEFINE_integer('exact_max', 1000, 'largest N with the exact kernel in part 4')
+_SKETCHES = flags.DEFINE_list('sketches', ['256', '1024', '4096', '16384'], 'sketch sizes k')
+_STEPS = flags.DEFINE_integer('steps', 400, 'horizon of the predicted grids')
+_SOURCE = flags.DEFINE_string('source', 'fashion_mnist', "'fashion_mnist' or 'digits'")
+_OUT = flags.DEFINE_string('out', 'workdirs/bench.json', 'JSON results')
+
+
+def _timed(f, *args):
+  t0 = time.perf_counter()
+  out = jax.block_until_ready(f(*args))
+  return out, time.perf_counter() - t0
+
+
+def _setup(n, source):
+  classes = (5, 6, 7, 8, 9)
+  src = data.load_source(source, image_size=28 if source == 'digits' else None)
+  task = data.make_task(src, classes, n_train=n, n_test=50, seed=1)
+  model = models.create_model('ResNet8', len(classes))
+  variables = models.init_variables(model, jax.random.key(0), task.x_train.shape[1:])
+  return task, variables['params'], models.make_apply_fn(model, variables['batch_stats'])
+
+
+def limit(task, params, apply_fn) -> dict:
+  """Part 1: the kernel against one Jacobian pass + one matmul, and Gram vs plain matmul."""
+  flat, unravel = ravel_pytree(params)
+  jac = jax.jit(jax.vmap(jax.jacrev(lambda p, x: apply_fn(unravel(p), x[None])[0]),
+                         in_axes=(None, 0)))
+  x = jnp.asarray(task.x_train)
+  jax.block_until_ready(jac(flat, x[:2]))  # compile on another shape first, then the real one
+  j, _ = _timed(jac, flat, x)
+  j, t_jac = _timed(jac, flat, x)
+  n, c, p = j.shape
+  a = j.reshape(n * c, p)
+  mm = jax.jit(lambda a: a @ a.T)
+  _timed(mm, a)
+  _, t_mm = _timed(mm, a)
+  flops = 2.0 * (n * c) ** 2 * p
+  rand = jax.random.normal(jax.random.key(0), a.shape, a.dtype)
+  _, t_plain = _timed(mm, rand)
+  ntk.empirical_ntk(apply_fn, params, task.x_train[:8], block_size=8)  # warm the caches
+  t0 = time.perf_counter()
+  ntk.empirical_ntk(apply_fn, params, task.x_train, block_size=100)
+  t_kernel = time.perf_counter() - t0
+  return {'n': n, 'c': c, 'p': p, 'jacobian_pass_seconds': t_jac, 'gram_matmul_seconds': t_mm,
+          'limit_seconds': t_jac + t_mm, 'kernel_seconds': t_kernel,
+          'kernel_over_limit': t_kernel / (t_jac + t_mm),
+          'gram_gflops': flops / t_mm / 1e9, 'plain_matmul_gflops': flops / t_plain / 1e9,
+          'plain_over_gram_flops': t_mm / t_plain}
+
+
+def projections(task, params, apply_fn, sketches, steps) -> dict:
+  """Part 2: sketched kernels against the exact one (error, time, predicted T_eps)."""
+  lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False)
+  exact = ntk.flatten(lin.k_train_train)
+  hp = sgd.SGD(lr=0.01, batch_size=25, steps=steps, momentum=0.9)
+
+  def t_eps(k):
+    l2 = ntk.Linearization(k, lin.k_test_train, lin.fx_train_0, lin.fx_test_0, lin.jw0_train,
+                           lin.jw0_test)
+    [r] = predict.predict(l2, task.y_train, task.y_test, [hp], key=jax.random.key(0),
+                          method='sde', loss='cross_entropy', eval_every=20,
+                          targets=predict.Targets(), num_paths=16)
+    return None if r['diverged'] else r['times']['t_eps']['mean_curve']
+
+  out = {'exact_seconds': lin.seconds, 'exact_t_eps': t_eps(lin.k_train_train), 'sketches': []}
+  for k in sketches:
+    t0 = time.perf_counter()
+    ks, _ = ntk.empirical_ntk(apply_fn, params, task.x_train, block_size=100, sketch_dim=k,
+                              sketch_key=jax.random.key(1))
+    secs = time.perf_counter() - t0
+    out['sketches'].append({'k': k, 'seconds': secs, 'time_ratio': secs / lin.seconds,
+                            'rel_frobenius_error': float(np.linalg.norm(ntk.flatten(ks) - exact)
+                                                         / np.linalg.norm(exact)),
+                            't_eps': t_eps(ks)})
+  return out
+
+
+def grid_cost(task, params, apply_fn, steps) -> dict:
+  """Part 3: predicting 8 and 32 configurations vs fine-tuning them."""
+  n = len(task.x_train)
+  lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False)
+  out = {'kernel_seconds': lin.seconds}
+  lrs, bs = (0.001, 0.003, 0.01, 0.03), (25, 100)
+  grids = {8: [sgd.SGD(lr=lr, batch_size=b, steps=steps, momentum=m)
+               for lr in lrs[1:3] for b in bs for m in (0.0, 0.9)],
+           32: [sgd.SGD(lr=lr, batch_size=b, steps=steps, momentum=m)
+                for lr in lrs for b in bs for m in (0.0, 0.5, 0.8, 0.9)]}
+  sps = {b: finetune.seconds_per_step(apply_fn, params, task,
+                                      sgd.SGD(lr=1e-3, batch_size=b, steps=1),
+                                      loss='cross_entropy', key=jax.random.key(b), repeats=20)
+         for b in bs}
+  for size, grid in grids.items():
+    preds = predict.predict(lin, task.y_train, task.y_test, grid, key=jax.random.key(0),
+                            method='sde', loss='cross_entropy', eval_every=20,
+                            targets=predict.Targets(), num_paths=16)
+    sim = sum(p['seconds'] for p in preds)
+    train = sum(sps[hp.batch_size] * hp.steps for hp in grid)
+    out[f'grid_{size}'] = {'simulation_seconds': sim, 'train_seconds': train,
+                           'predict_seconds': lin.seconds + sim,
+                           'ratio': train / (lin.seconds + sim), 'n': n}
+  out['seconds_per_step'] = sps
+  return out
+
+
+def scaling(source, sizes, exact_max, steps, sketch_dim=4096) -> dict:
+  """Part 4: kernel time and memory against N (sketched to `sketch_dim` beyond
+  exact_max); SDE steps per second against N·C."""
+  rows = []
+  for n in sizes:
+    task, params, apply_fn = _setup(n, source)
+    p = models.num_params(params)
+    sketch = 0 if n <= exact_max else sketch_dim
+    mem = ntk.memory_bytes(n, 0, 5, p, implementation='direct', traced=False, block_size=100,
+                           sketch_dim=sketch)
+    t0 = time.perf_counter()
+    k, _ = ntk.empirical_ntk(apply_fn, params, task.x_train, block_size=100, sketch_dim=sketch,
+                             sketch_key=jax.random.key(0))
+    secs = time.perf_counter() - t0
+    hp = sgd.SGD(lr=0.003, batch_size=25, steps=min(steps, 100))
+    fx0 = np.zeros((n, 5), np.float32)
+    t0 = time.perf_counter()
+    dynamics.simulate_sde(jax.random.split(jax.random.key(0), 16), sgd.learning_rates(hp),
+                          k.astype(np.float32), fx0, task.y_train, batch_size=25,
+                          loss='cross_entropy', eval_every=hp.steps)
+    sde = time.perf_counter() - t0
+    rows.append({'n': n, 'c': 5, 'sketch_dim': sketch, 'kernel_seconds': secs,
+                 'memory_estimate_gib': mem / 2**30, 'kernel_gib': k.nbytes / 2**30,
+                 'sde_steps_per_second_16_paths': hp.steps / sde})
+    print(f"N={n:5d} NC={5 * n:6d} {'exact' if not sketch else f'k={sketch}':>7s}: kernel "
+          f"{secs:7.1f} s, about {mem / 2**30:5.2f} GiB; SDE {hp.steps / sde:8.1f} steps/s "
+          '(16 paths, compile included)', flush=True)
+  return {'rows': rows}
+
+
+def main(_):
+  task, params, apply_fn = _setup(_N.value, _SOURCE.value)
+  results = {'jax': jax.__version__, 'devices': [str(d) for d in jax.local_devices()]}
+  results['limit'] = r = limit(task, params, apply_fn)
+  print(f"1. kernel {r['kernel_seconds']:.1f} s vs limit {r['limit_seconds']:.1f} s (Jacobian "
+        f"pass {r['jacobian_pass_seconds']:.1f} + J Jᵀ {r['gram_matmul_seconds']:.1f}): "
+        f"{r['kernel_over_limit']:.2f}× the limit (aim ≤ 1.5×); Gram {r['gram_gflops']:.1f} "
+        f"GFLOP/s, plain matmul {r['plain_matmul_gflops']:.1f} GFLOP/s", flush=True)
+  results['projections'] = r = projections(task, params, apply_fn,
+                                           [int(k) for k in _SKETCHES.value], _STEPS.value)
+  print(f"2. exact kernel {r['exact_seconds']:.1f} s, predicted T_eps {r['exact_t_eps']}")
+  for s in r['sketches']:
+    print(f"   k={s['k']:6d}: {s['seconds']:6.1f} s ({s['time_ratio']:.2f}× exact), "
+          f"relative error {s['rel_frobenius_error']:.3f}, predicted T_eps {s['t_eps']}",
+          flush=True)
+  results['grid_cost'] = r = grid_cost(task, params, apply_fn, _STEPS.value)
+  for size in (8, 32):
+    g = r[f'grid_{size}']
+    print(f"3. grid of {size}: predict {g['predict_seconds']:.1f} s (kernel "
+          f"{r['kernel_seconds']:.1f} + SDE {g['simulation_seconds']:.1f}) vs fine-tune "
+          f"{g['train_seconds']:.1f} s: {g['ratio']:.1f}× cheaper", flush=True)
+  print('4. scaling')
+  results['scaling'] = scaling(_SOURCE.value, [int(n) for n in _SIZES.value], _EXACT_MAX.value,
+                               _STEPS.value)
+  os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
+  with open(_OUT.value, 'w') as f:
+    json.dump(results, f, indent=1)
+  print('wrote', _OUT.value)
+
+
+if __name__ == '__main__':
+  app.run(main)
