@@ -163,10 +163,16 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
   # Predictions: the paper's SDE; the exact simulator of the linearised model on
   # the batch orders the real runs will use; the head-aware model on the same orders.
   t0 = time.perf_counter()
-  # Seconds per step depend on the batch size only, so one timing per batch size.
+  # Seconds per step depend on the batch size only, so one timing per batch size; and,
+  # as a second estimate, XLA's FLOP count of each step, calibrated by the timing of the
+  # smallest batch.
+  sizes = sorted({hp.batch_size for hp in configs})
   step_seconds = {b: finetune.seconds_per_step(
       apply_fn, params, task, sgd.SGD(lr=1e-3, batch_size=b, steps=1), loss=ft.loss,
-      key=jax.random.fold_in(key_time, b)) for b in sorted({hp.batch_size for hp in configs})}
+      key=jax.random.fold_in(key_time, b)) for b in sizes}
+  flops = {b: finetune.step_flops(apply_fn, params, task, sgd.SGD(lr=1e-3, batch_size=b, steps=1),
+                                  loss=ft.loss) for b in sizes}
+  flop_seconds = {b: flops[b] * step_seconds[sizes[0]] / flops[sizes[0]] for b in sizes}
   step_timing_seconds = time.perf_counter() - t0
   pred_hash = wd.config_hash({'kernel': kernel_hash, 'grid': [hp.to_dict() for hp in configs],
                               'predict': pc.to_dict(), 'loss': ft.loss,
@@ -216,8 +222,17 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
     first = preds[pc.methods[0]][i]
     t_pred = None if first['diverged'] else first['times']['t_eps']['mean_curve']
     t_real = real_times['t_eps']['mean']
-    row['seconds'] = {'measured_step': sps, 'predicted_t_eps': predict.to_seconds(t_pred, sps),
-                      'real_t_eps': predict.to_seconds(t_real, row['real']['seconds_per_step'])}
+    real_sps = row['real']['seconds_per_step']
+    row['seconds'] = {
+        'measured_step': sps, 'flops_step': flop_seconds[hp.batch_size],
+        'step_flops': flops[hp.batch_size], 'real_step': real_sps,
+        'measured_step_error': predict.relative_error(sps, real_sps),
+        'flops_step_error': predict.relative_error(flop_seconds[hp.batch_size], real_sps),
+        'predicted_t_eps': predict.to_seconds(t_pred, sps),
+        'predicted_t_eps_flops': predict.to_seconds(t_pred, flop_seconds[hp.batch_size]),
+        'real_t_eps': predict.to_seconds(t_real, real_sps)}
+    row['seconds']['t_eps_error'] = predict.relative_error(row['seconds']['predicted_t_eps'],
+                                                           row['seconds']['real_t_eps'])
     rows.append(row)
 
   # The cost of a prediction: the kernel, the first method's simulations, the step timing.
@@ -254,6 +269,10 @@ def aggregate(rows, methods) -> dict:
   spreads = [r['real']['times']['t_eps']['spread'] for r in rows]
   out['real_seed_spread_t_eps'] = {'median': float(np.median([s for s in spreads if s is not None]))
                                    if any(s is not None for s in spreads) else None}
+  for k in ('measured_step_error', 'flops_step_error', 't_eps_error'):
+    vals = [r['seconds'][k] for r in rows if r['seconds'][k] is not None]
+    out[f'seconds_{k}'] = {'median': float(np.median(vals)) if vals else None,
+                           'max': float(np.max(vals)) if vals else None}
   drifts = [r['real']['kernel_drift'] for r in rows if r['real']['kernel_drift'] is not None]
   out['kernel_drift'] = {'median': float(np.median(drifts)) if drifts else None,
                          'max': float(np.max(drifts)) if drifts else None}
@@ -329,6 +348,10 @@ def print_table(summary):
   print(f"real seed-to-seed T_eps spread: median {_fmt(agg['real_seed_spread_t_eps']['median'], True)}; "
         f"kernel drift ‖Θ(w_T) - Θ(w_0)‖/‖Θ(w_0)‖: median {_fmt(agg['kernel_drift']['median'])}, "
         f"max {_fmt(agg['kernel_drift']['max'])}")
+  print(f"seconds per step, against the real runs' (median error): timed "
+        f"{_fmt(agg['seconds_measured_step_error']['median'], True)}, from XLA's FLOPs "
+        f"{_fmt(agg['seconds_flops_step_error']['median'], True)}; predicted seconds to T_eps: "
+        f"median error {_fmt(agg['seconds_t_eps_error']['median'], True)}")
   k = summary['kernel']
   print(f"kernel: symmetric to {k['asymmetry']:.1e}, eigenvalues in [{k['min_eig']:.3g}, "
         f"{k['max_eig']:.3g}] (checked PSD)")

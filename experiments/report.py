@@ -19,8 +19,8 @@ def _pct(v):
 def table(workdirs: list[str]) -> str:
   lines = ['| target | method | T_eps error median / max | target-loss error median / max '
            '(not comparable) | curve max abs log error, median | real seed spread of T_eps | '
-           'kernel drift, median | predict vs train cost |',
-           '|---|---|---|---|---|---|---|---|']
+           'kernel drift, median | predict vs train cost | seconds per step error, timed / FLOPs |',
+           '|---|---|---|---|---|---|---|---|---|']
   for w in workdirs:
     s = wd.read_json(os.path.join(w, 'summary.json'))
     agg, c = s['aggregate'], s['costs']
@@ -36,7 +36,9 @@ def table(workdirs: list[str]) -> str:
           f"{_pct(tl['median'])} / {_pct(tl['max'])} ({tl['missing']}) | "
           f"{a['curve_log_error']['median']:.2f} | {_pct(agg['real_seed_spread_t_eps']['median'])} | "
           f"{agg['kernel_drift']['median']:.1f} | {cost:.0f} s vs {c['train_seconds']:.0f} s "
-          f"({c['train_seconds'] / cost:.1f}x) |")
+          f"({c['train_seconds'] / cost:.1f}x) | "
+          f"{_pct(agg.get('seconds_measured_step_error', {}).get('median'))} / "
+          f"{_pct(agg.get('seconds_flops_step_error', {}).get('median'))} |")
   return '\n'.join(lines)
 
 

@@ -242,6 +242,21 @@ def seconds_per_step(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, l
   return float(np.median(times))
 
 
+def step_flops(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, loss: str) -> float:
+  """FLOPs of one compiled real training step at hp.batch_size, from XLA's cost analysis.
+
+  With one timed step to convert FLOPs to seconds, the cost of a step at any
+  batch size without timing it (`compare.py` reports this beside the timing).
+  """
+  tx = sgd.make_optimizer(hp)
+  step = jax.jit(train_step_fn(apply_fn, tx, loss))
+  x = jnp.zeros((hp.batch_size, *task.x_train.shape[1:]), jnp.float32)
+  y = jnp.zeros((hp.batch_size,), jnp.int32)
+  cost = step.lower((params, tx.init(params)), (x, y)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
+  return float(cost['flops'])
+
+
 def target_from_config(config, workdir: str, key_head: jax.Array, progress: bool = True):
   """The fine-tuning starting point of a config: pretrained backbone + fresh head.
 

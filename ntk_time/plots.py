@@ -49,6 +49,25 @@ def loss_curves(summary: dict, path: str, curve: str = 'train_loss') -> str:
   return path
 
 
+def _predicted_vs_real_axes(ax, vals: list, definition: str) -> None:
+  """Log axes over `vals` (training times in steps), the diagonal and the ±20% band."""
+  if vals:
+    lo = max(min(vals) * 0.7, 1)
+    hi = max(max(vals) * 1.4, 10 * lo)
+    grid = np.geomspace(lo, hi, 50)
+    ax.plot(grid, grid, 'k-', lw=0.8)
+    ax.fill_between(grid, 0.8 * grid, 1.2 * grid, color='gray', alpha=0.2, label='±20%')
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+  ax.set_xscale('log')
+  ax.set_yscale('log')
+  for axis in (ax.xaxis, ax.yaxis):  # labelled minor ticks collide on a short log range
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+  ax.set_xlabel(f'real {definition} (SGD steps)')
+  ax.set_ylabel(f'predicted {definition} (SGD steps)')
+
+
 def training_times(summary: dict, path: str, definition: str = 't_eps') -> str:
   """Predicted vs real training time, log axes, with the ±20% band."""
   fig, ax = plt.subplots(figsize=(4.6, 4.2))
@@ -71,22 +90,9 @@ def training_times(summary: dict, path: str, definition: str = 't_eps') -> str:
       ax.errorbar(xs, ys, yerr=err, fmt='o', ms=4, color=COLORS.get(method), label=method,
                   capsize=2)
       vals += xs + ys
-  if vals:
-    lo_v = max(min(vals) * 0.7, 1)
-    hi_v = max(max(vals) * 1.4, 10 * lo_v)
-    grid = np.geomspace(lo_v, hi_v, 50)
-    ax.plot(grid, grid, 'k-', lw=0.8)
-    ax.fill_between(grid, 0.8 * grid, 1.2 * grid, color='gray', alpha=0.2, label='±20%')
-    ax.set_xlim(lo_v, hi_v)
-    ax.set_ylim(lo_v, hi_v)
-  ax.set_xscale('log')
-  ax.set_yscale('log')
-  for axis in (ax.xaxis, ax.yaxis):  # labelled minor ticks collide on a short log range
-    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    axis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-  ax.set_xlabel(f'real {definition} (SGD steps)')
-  ax.set_ylabel(f'predicted {definition} (SGD steps)')
-  ax.legend(fontsize=8)
+  _predicted_vs_real_axes(ax, vals, definition)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -189,18 +195,7 @@ def times_by_task(summaries: dict[str, dict], path: str, definition: str = 't_ep
       ax.scatter(xs, ys, marker=MARKERS.get(m, 'o'), s=28, label=f'{name} ({m})',
                  facecolors=color if j == 0 else 'none', edgecolors=color)
       vals += xs + ys
-  if vals:
-    lo = max(min(vals) * 0.7, 1)
-    hi = max(max(vals) * 1.4, 10 * lo)
-    grid = np.geomspace(lo, hi, 50)
-    ax.plot(grid, grid, 'k-', lw=0.8)
-    ax.fill_between(grid, 0.8 * grid, 1.2 * grid, color='gray', alpha=0.2, label='±20%')
-    ax.set_xlim(lo, hi)
-    ax.set_ylim(lo, hi)
-    ax.set_xscale('log')
-    ax.set_yscale('log')
-  ax.set_xlabel(f'real {definition} (SGD steps)')
-  ax.set_ylabel(f'predicted {definition} (SGD steps)')
+  _predicted_vs_real_axes(ax, vals, definition)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=6, loc='upper left')
   fig.tight_layout()
