@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_time import devices
 from ntk_time import losses
 
 
@@ -144,8 +145,9 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
   dtype = arrays[1].dtype
   one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
   run = jax.vmap(one, in_axes=(0,) + (None,) * 11)
-  return jax.device_get(run(orders, jnp.asarray(lrs, dtype), *arrays,
-                            jnp.asarray(momentum, dtype), jnp.asarray(weight_decay, dtype)))
+  return jax.device_get(devices.map_leading(
+      run, orders, jnp.asarray(lrs, dtype), *arrays, jnp.asarray(momentum, dtype),
+      jnp.asarray(weight_decay, dtype)))
 
 
 def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
@@ -243,8 +245,9 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
                     jw0_test, columns=False)
   one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
   run = jax.vmap(one, in_axes=(0,) + (None,) * 12)
-  return jax.device_get(run(keys, jnp.asarray(lr_sum, dtype), jnp.asarray(lr_sq, dtype), *arrays,
-                            jnp.asarray(noise, dtype), jnp.asarray(weight_decay, dtype)))
+  return jax.device_get(devices.map_leading(
+      run, keys, jnp.asarray(lr_sum, dtype), jnp.asarray(lr_sq, dtype), *arrays,
+      jnp.asarray(noise, dtype), jnp.asarray(weight_decay, dtype)))
 
 
 def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=False):

@@ -35,6 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from ntk_time import devices
+
 PyTree = Any
 IMPLEMENTATIONS = ('direct', 'nt_jacobian_contraction', 'nt_ntvp')
 
@@ -140,32 +142,17 @@ def sketch_fn(num_params: int, dim: int, key: jax.Array) -> Callable:
   return project
 
 
-def _per_device(f: Callable, mesh, in_specs, out_specs) -> Callable:
-  """f run on each device's shard (shard_map), jitted.
-
-  Not jit's automatic partitioning: with jax 0.5.3 on CPU, vmap(jacrev) of the
-  ResNet with its batch sharded that way gives wrong Jacobians (errors of 25%
-  of the entries' scale), while shard_map gives exactly the one-device result.
-  """
-  if hasattr(jax, 'shard_map'):  # jax >= 0.6
-    return jax.jit(jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                 check_vma=False))
-  from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
-  return jax.jit(shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                           check_rep=False))
-
-
 def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, sketch_dim=0,
             sketch_key=None, num_devices=None):
-  devices = jax.local_devices()[:num_devices]
-  d = len(devices)
-  mesh = jax.sharding.Mesh(np.array(devices), ('d',))
-  spec, rows = jax.sharding.PartitionSpec, jax.sharding.PartitionSpec('d')
+  mesh = devices.mesh(num_devices)
+  d = mesh.devices.size
+  spec, rows = devices.P, devices.P('d')
   flat, unravel = ravel_pytree(params)
 
   def one(p, x):
     return apply_fn(unravel(p), x[None])[0]
-  jac = _per_device(jax.vmap(jax.jacrev(one), in_axes=(None, 0)), mesh, (spec(), rows), rows)
+  jac = devices.per_device(jax.vmap(jax.jacrev(one), in_axes=(None, 0)), mesh, (spec(), rows),
+                           rows)
   if sketch_dim:
     project = sketch_fn(flat.size, sketch_dim, sketch_key)
   n, nt_ = len(x_train), len(x_test)
@@ -199,7 +186,7 @@ def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, ske
     return jnp.einsum('acp,bdp->abcd', ja, jb)
   # J is an argument, not a closure: a captured array would become an XLA constant,
   # and compiling a constant of N·C·P floats is slower than the product.
-  gram = _per_device(gram_local, mesh, (spec(), rows), spec(None, 'd'))
+  gram = devices.per_device(gram_local, mesh, (spec(), rows), spec(None, 'd'))
 
   k_tt = []
   for a, b in blocks:

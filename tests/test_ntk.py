@@ -118,30 +118,43 @@ def test_sketched_kernel_is_an_unbiased_estimate_that_improves_with_k(net):
                       sketch_key=jax.random.key(0))
 
 
-def test_kernel_on_four_devices_equals_one_device(tmp_path):
-  """In a subprocess with 4 host devices: 11 samples, blocks of 4, so padding is exercised."""
+def test_kernel_and_simulators_on_four_devices_equal_one_device(tmp_path):
+  """The same script in a 1-device and a 4-device process (host devices): 11 samples in
+  blocks of 4 and 6 paths, so the padding to a multiple of the devices is exercised."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  script = tmp_path / 'four.py'
+  script = tmp_path / 'run.py'
   script.write_text('''
 import sys
 sys.path.insert(0, %r)
 import jax, numpy as np
-from ntk_time import models, ntk
-assert len(jax.local_devices()) == 4, jax.local_devices()
+from ntk_time import dynamics, models, ntk, sgd
 model = models.create_model('ResNetTiny', 3, num_filters=4)
 v = models.init_variables(model, jax.random.key(0), (8, 8, 1))
 f = models.make_apply_fn(model, v['batch_stats'])
 rng = np.random.default_rng(0)
-x, xt = rng.normal(size=(11, 8, 8, 1)).astype(np.float32), rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
-one = ntk.empirical_ntk(f, v['params'], x, xt, block_size=4, num_devices=1)
-four = ntk.empirical_ntk(f, v['params'], x, xt, block_size=4)
-for a, b in zip(one, four):
-  np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())
-print('max relative difference', max(float(np.abs(a - b).max() / np.abs(a).max()) for a, b in zip(one, four)))
+x = rng.normal(size=(11, 8, 8, 1)).astype(np.float32)
+xt = rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
+k, k_st = ntk.empirical_ntk(f, v['params'], x, xt, block_size=4)
+fx0, y = ntk.outputs(f, v['params'], x), rng.integers(0, 3, 11)
+lrs = np.full(20, 0.5)
+sde, _, _ = dynamics.simulate_sde(jax.random.split(jax.random.key(1), 6), lrs, k, fx0, y,
+                                  batch_size=4, loss='cross_entropy', eval_every=5)
+orders = np.stack([sgd.batch_order(jax.random.key(s), 11, 4, 20) for s in range(6)])
+exact, _, _ = dynamics.simulate_sgd(orders, lrs, k, fx0, y, loss='cross_entropy', eval_every=5)
+np.savez(sys.argv[1], devices=len(jax.local_devices()), k=k, k_st=k_st,
+         sde=sde['train_loss'], exact=exact['train_loss'])
 ''' % ROOT)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu')
-  out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
-                       timeout=300)
-  assert out.returncode == 0, out.stderr[-3000:]
-  assert 'max relative difference' in out.stdout
+  out = {}
+  for d in (1, 4):
+    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={d}',
+               JAX_PLATFORMS='cpu')
+    path = tmp_path / f'{d}.npz'
+    run = subprocess.run([sys.executable, str(script), str(path)], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out[d] = np.load(path)
+  assert out[1]['devices'] == 1 and out[4]['devices'] == 4
+  for name in ('k', 'k_st', 'sde', 'exact'):
+    a, b = out[1][name], out[4][name]
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max(), err_msg=name)
