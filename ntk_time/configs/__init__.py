@@ -56,8 +56,9 @@ def _check_data(block, name: str) -> None:
     if n != -1:
       _positive_int(n, f'{name}.{field}', minimum=len(classes),
                     what=' (one per class at least, or -1 for all)')
-  if block.normalize not in data.NORMALIZE:
-    raise ValueError(f'unknown {name}.normalize={block.normalize!r}; expected one of '
+  normalize = block.get('normalize', 'dataset')
+  if normalize not in data.NORMALIZE:
+    raise ValueError(f'unknown {name}.normalize={normalize!r}; expected one of '
                      f'{data.NORMALIZE}')
   if block.get('image_size'):
     _positive_int(block.image_size, f'{name}.image_size')
