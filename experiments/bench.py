@@ -23,6 +23,7 @@ import time
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
@@ -173,6 +174,7 @@ def scaling(source, sizes, exact_max, steps, sketch_dim=4096) -> dict:
 
 
 def main(_):
+  logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
   task, params, apply_fn = _setup(_N.value, _SOURCE.value)
   results = {'jax': jax.__version__, 'devices': [str(d) for d in jax.local_devices()]}
   results['limit'] = r = limit(task, params, apply_fn)
