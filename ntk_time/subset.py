@@ -114,40 +114,46 @@ def simulate_modes(lam: np.ndarray, energy: np.ndarray, hp: sgd.SGD, *, n: int, 
                    eval_every: int) -> tuple[np.ndarray, np.ndarray]:
   """Expected MSE training loss of linearised SGD on a set of N samples, mode by mode.
 
-  With m_k = E[(u_kᵀ r)²] and η̃ = η/(1−m), one step is
+  In mode k the residual x = u_kᵀ r sees the gradient g = h x + ξ, h = λ_k/N,
+  and heavy-ball momentum (optax: v ← m v + g, x ← x − η v). The second moments
+  X = E[x²], V = E[v²], Z = E[x v] follow exactly,
 
-    m_k ← (1 − η̃ λ_k/N)² m_k + η̃² (c/B) λ_k² (‖r‖²/C − m_k) / N²,  ‖r‖² = Σ_k m_k,
+    V' = m²V + h²X + 2mhZ + σ²,   X' = (1−ηh)²X + η²m²V − 2ηm(1−ηh)Z + η²σ²,
+    Z' = (1−ηh)(mZ + hX) − ηm²V − ηmhZ − ησ²,
 
-  the first term the mean move, the second the minibatch covariance
-  (c = (N−B)/(N−1)) projected on u_k, with eigenvectors spread evenly over the
-  samples. L = Σ_k m_k / (2N). With B = N it is exactly gradient descent's
-  closed form (dynamics.mse_closed_form, discrete).
+  with σ² = (c/B) λ_k² (‖r‖²/C − X) / N² the minibatch covariance projected on
+  u_k (c = (N−B)/(N−1), ‖r‖² = Σ_k X_k, eigenvectors spread evenly over the
+  samples). L = Σ_k X_k / (2N). With B = N it is exactly (momentum) gradient
+  descent on the linearised model.
 
   Args:
     lam, energy: [K] eigenvalues of Θ_N and initial energies (u_kᵀ r_0)².
-    hp: the SGD configuration (weight decay is not modelled: must be 0).
+    hp: the SGD configuration (no weight decay, no Nesterov).
     n, num_classes: N and C of the full set.
     eval_every: steps between returned points.
 
   Returns:
-    (steps [E], loss [E]).
+    (steps [E], loss [E]); a diverging configuration gives a non-finite loss.
   """
   hp.validate(n)
-  if hp.weight_decay:
-    raise ValueError('simulate_modes does not model weight decay; got '
-                     f'weight_decay={hp.weight_decay}')
+  if hp.weight_decay or hp.nesterov:
+    raise ValueError('simulate_modes models plain heavy-ball SGD; got '
+                     f'weight_decay={hp.weight_decay}, nesterov={hp.nesterov}')
   if hp.steps % eval_every:
     raise ValueError(f'eval_every={eval_every} must divide the horizon steps={hp.steps}')
-  lrs = sgd.learning_rates(hp) / (1.0 - hp.momentum)
   lam = np.asarray(lam, np.float64)
-  mk = np.asarray(energy, np.float64).copy()
+  h, m = lam / n, hp.momentum
+  x = np.asarray(energy, np.float64).copy()
+  v, z = np.zeros_like(x), np.zeros_like(x)
   c = (n - hp.batch_size) / (n - 1) if n > 1 else 0.0
-  out = [mk.sum() / (2 * n)]
-  for t, eta in enumerate(lrs):
-    total = mk.sum()
-    mk = (1 - eta * lam / n) ** 2 * mk + eta**2 * c / hp.batch_size * lam**2 * (
-        total / num_classes - mk) / n**2
-    mk = np.maximum(mk, 0.0)
-    if (t + 1) % eval_every == 0:
-      out.append(mk.sum() / (2 * n))
+  out = [x.sum() / (2 * n)]
+  with np.errstate(over='ignore', invalid='ignore'):  # divergence shows as inf/NaN
+    for t, eta in enumerate(sgd.learning_rates(hp)):
+      noise = c / hp.batch_size * lam**2 * np.maximum(x.sum() / num_classes - x, 0.0) / n**2
+      a = 1 - eta * h
+      x, v, z = (a**2 * x + eta**2 * m**2 * v - 2 * eta * m * a * z + eta**2 * noise,
+                 m**2 * v + h**2 * x + 2 * m * h * z + noise,
+                 a * (m * z + h * x) - eta * m**2 * v - eta * m * h * z - eta * noise)
+      if (t + 1) % eval_every == 0:
+        out.append(x.sum() / (2 * n))
   return np.arange(0, hp.steps + 1, eval_every), np.asarray(out)

@@ -90,3 +90,15 @@ def test_replica_sde_is_the_sde_of_the_copied_set():
   with pytest.raises(ValueError, match='population=4 is smaller than the 8 samples'):
     dynamics.simulate_sde(keys[:1], lrs, k, f0, y, batch_size=4, loss='mse', eval_every=10,
                           population=4)
+
+
+def test_modes_with_momentum_and_full_batch_are_heavy_ball_gradient_descent():
+  k, f0, y = _features(30)
+  lam, energy = subset.spectrum(k, f0, y, 'mse')
+  hp = sgd.SGD(lr=float(np.float32(2.0 * 30 / lam[0])), batch_size=30, steps=80, momentum=0.9)
+  _, loss = subset.simulate_modes(lam, energy, hp, n=30, num_classes=3, eval_every=10)
+  with jax.experimental.enable_x64():
+    curves, _, _ = dynamics.simulate_full_batch(sgd.learning_rates(hp), k, f0, y, loss='mse',
+                                                eval_every=10, momentum=0.9)
+  # η̃ λ_max / N = 20 here: plain gradient descent at η/(1-m) would diverge, heavy ball does not.
+  np.testing.assert_allclose(loss, np.asarray(curves['train_loss'])[0], rtol=1e-9)
