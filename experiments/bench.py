@@ -1,6 +1,7 @@
 r"""Cost benchmark: ratios measured side by side in one run on this machine (`make bench`).
 
-  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--out=workdirs/bench.json]
+  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--parts=1,2,3,4]
+                              [--out=workdirs/bench.json]
 
 Prints and writes to JSON, so that commits can be compared:
   1. the kernel against this machine's limit: one batched vmap(jacrev) pass
@@ -11,8 +12,9 @@ Prints and writes to JSON, so that commits can be compared:
   3. predicting a grid of 8 and 32 configurations against fine-tuning them
      (aim: ≥ 30× for 8, ≥ 100× for 32); fine-tuning cost is its measured
      seconds per compiled step × steps, evaluation excluded;
-  4. kernel time and memory against N (exact up to `--exact_max`, sketched
-     beyond) and SDE steps per second against N·C.
+  4. kernel time and memory against N (C = 5; exact up to N = `--exact_max`,
+     sketched beyond) and against C (N = `--n`), and SDE steps per second
+     against N·C.
 Model: the default ResNet-8 with random weights (costs do not depend on the
 values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed).
 """
@@ -39,10 +41,13 @@ from ntk_time import sgd
 
 _SIZES = flags.DEFINE_list('sizes', ['250', '500', '1000', '2000', '4000'], 'N for the table')
 _N = flags.DEFINE_integer('n', 500, 'N for parts 1-3')
-_EXACT_MAX = flags.DEFINE_integer('exact_max', 1000, 'largest N with the exact kernel in part 4')
+_EXACT_MAX = flags.DEFINE_integer('exact_max', 1000,
+                                   'part 4: the exact kernel up to N·C = 5 × this, sketched beyond')
+_CLASSES = flags.DEFINE_list('class_counts', ['2', '5', '10'], 'part 4: C at N = --n')
 _SKETCHES = flags.DEFINE_list('sketches', ['256', '1024', '4096', '16384'], 'sketch sizes k')
 _STEPS = flags.DEFINE_integer('steps', 400, 'horizon of the predicted grids')
 _SOURCE = flags.DEFINE_string('source', 'fashion_mnist', "'fashion_mnist' or 'digits'")
+_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '4'], 'which parts to run (numbers below)')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench.json', 'JSON results')
 
 
@@ -52,8 +57,8 @@ def _timed(f, *args):
   return out, time.perf_counter() - t0
 
 
-def _setup(n, source):
-  classes = (5, 6, 7, 8, 9)
+def _setup(n, source, num_classes=5):
+  classes = tuple(range(10 - num_classes, 10))  # 5–9 by default
   src = data.load_source(source, image_size=28 if source == 'digits' else None)
   task = data.make_task(src, classes, n_train=n, n_test=50, seed=1)
   model = models.create_model('ResNet8', len(classes))
@@ -117,10 +122,8 @@ def projections(task, params, apply_fn, sketches, steps) -> dict:
 
 
 def grid_cost(task, params, apply_fn, steps) -> dict:
-  """Part 3: predicting 8 and 32 configurations vs fine-tuning them."""
-  n = len(task.x_train)
-  lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False)
-  out = {'kernel_seconds': lin.seconds}
+  """Part 3: predicting 8 and 32 configurations vs fine-tuning them, with the full and the
+  class-traced kernel; and the grid of 8 simulated one configuration at a time."""
   lrs, bs = (0.001, 0.003, 0.01, 0.03), (25, 100)
   grids = {8: [sgd.SGD(lr=lr, batch_size=b, steps=steps, momentum=m)
                for lr in lrs[1:3] for b in bs for m in (0.0, 0.9)],
@@ -130,46 +133,66 @@ def grid_cost(task, params, apply_fn, steps) -> dict:
                                       sgd.SGD(lr=1e-3, batch_size=b, steps=1),
                                       loss='cross_entropy', key=jax.random.key(b), repeats=20)
          for b in bs}
-  for size, grid in grids.items():
-    preds = predict.predict(lin, task.y_train, task.y_test, grid, key=jax.random.key(0),
-                            method='sde', loss='cross_entropy', eval_every=20,
-                            targets=predict.Targets(), num_paths=16)
-    sim = sum(p['seconds'] for p in preds)
-    train = sum(sps[hp.batch_size] * hp.steps for hp in grid)
-    out[f'grid_{size}'] = {'simulation_seconds': sim, 'train_seconds': train,
-                           'predict_seconds': lin.seconds + sim,
-                           'ratio': train / (lin.seconds + sim), 'n': n}
-  out['seconds_per_step'] = sps
+  common = dict(key=jax.random.key(0), method='sde', loss='cross_entropy', eval_every=20,
+                targets=predict.Targets(), num_paths=16)
+  out = {'seconds_per_step': sps, 'n': len(task.x_train)}
+  t_eps = {}
+  for kernel in ('full', 'traced'):
+    lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, traced=kernel == 'traced',
+                        progress=False)
+    res = out[kernel] = {'kernel_seconds': lin.seconds}
+    for size, grid in grids.items():
+      preds = predict.predict(lin, task.y_train, task.y_test, grid, **common)
+      sim = sum(p['seconds'] for p in preds)
+      train = sum(sps[hp.batch_size] * hp.steps for hp in grid)
+      res[f'grid_{size}'] = {'simulation_seconds': sim, 'train_seconds': train,
+                             'predict_seconds': lin.seconds + sim,
+                             'ratio': train / (lin.seconds + sim),
+                             'ratio_bound_free_simulation': train / lin.seconds}
+      t_eps[kernel, size] = [None if p['diverged'] else p['times']['t_eps']['mean_curve']
+                             for p in preds]
+    if kernel == 'full':
+      t0 = time.perf_counter()
+      for hp in grids[8]:  # as before the grid was one simulation
+        predict.predict(lin, task.y_train, task.y_test, [hp], **common)
+      res['grid_8_one_at_a_time_simulation_seconds'] = time.perf_counter() - t0
+  diffs = [abs(a - b) / b for a, b in zip(t_eps['traced', 32], t_eps['full', 32])
+           if a is not None and b]
+  out['traced_vs_full_t_eps'] = {
+      'median_relative_difference': float(np.median(diffs)) if diffs else None,
+      'max_relative_difference': float(np.max(diffs)) if diffs else None,
+      'compared': len(diffs), 'full': t_eps['full', 32], 'traced': t_eps['traced', 32]}
   return out
 
 
-def scaling(source, sizes, exact_max, steps, sketch_dim=4096) -> dict:
-  """Part 4: kernel time and memory against N (sketched to `sketch_dim` beyond
-  exact_max); SDE steps per second against N·C."""
+def scaling(source, sizes, exact_max, steps, sketch_dim=4096, class_counts=(), n_classes=500
+            ) -> dict:
+  """Part 4: kernel time and memory against N at C = 5 (sketched to `sketch_dim` beyond
+  exact_max) and against C at N = n_classes; SDE steps per second against N·C."""
   rows = []
-  for n in sizes:
-    task, params, apply_fn = _setup(n, source)
+  for n, c in [(n, 5) for n in sizes] + [(n_classes, c) for c in class_counts if c != 5]:
+    task, params, apply_fn = _setup(n, source, c)
     p = models.num_params(params)
-    sketch = 0 if n <= exact_max else sketch_dim
-    mem = ntk.memory_bytes(n, 0, 5, p, implementation='direct', traced=False, block_size=100,
+    sketch = 0 if n * c <= exact_max * 5 else sketch_dim
+    mem = ntk.memory_bytes(n, 0, c, p, implementation='direct', traced=False, block_size=100,
                            sketch_dim=sketch)
     t0 = time.perf_counter()
     k, _ = ntk.empirical_ntk(apply_fn, params, task.x_train, block_size=100, sketch_dim=sketch,
                              sketch_key=jax.random.key(0))
     secs = time.perf_counter() - t0
     hp = sgd.SGD(lr=0.003, batch_size=25, steps=min(steps, 100))
-    fx0 = np.zeros((n, 5), np.float32)
+    fx0 = np.zeros((n, c), np.float32)
     t0 = time.perf_counter()
     dynamics.simulate_sde(jax.random.split(jax.random.key(0), 16), sgd.learning_rates(hp),
                           k.astype(np.float32), fx0, task.y_train, batch_size=25,
                           loss='cross_entropy', eval_every=hp.steps)
     sde = time.perf_counter() - t0
-    rows.append({'n': n, 'c': 5, 'sketch_dim': sketch, 'kernel_seconds': secs,
+    rows.append({'n': n, 'c': c, 'sketch_dim': sketch, 'kernel_seconds': secs,
                  'memory_estimate_gib': mem / 2**30, 'kernel_gib': k.nbytes / 2**30,
                  'sde_steps_per_second_16_paths': hp.steps / sde})
-    print(f"N={n:5d} NC={5 * n:6d} {'exact' if not sketch else f'k={sketch}':>7s}: kernel "
-          f"{secs:7.1f} s, about {mem / 2**30:5.2f} GiB; SDE {hp.steps / sde:8.1f} steps/s "
-          '(16 paths, compile included)', flush=True)
+    print(f"N={n:5d} C={c:2d} NC={c * n:6d} {'exact' if not sketch else f'k={sketch}':>7s}: "
+          f"kernel {secs:7.1f} s, about {mem / 2**30:5.2f} GiB; SDE {hp.steps / sde:8.1f} "
+          'steps/s (16 paths, compile included)', flush=True)
   return {'rows': rows}
 
 
@@ -177,27 +200,42 @@ def main(_):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
   task, params, apply_fn = _setup(_N.value, _SOURCE.value)
   results = {'jax': jax.__version__, 'devices': [str(d) for d in jax.local_devices()]}
-  results['limit'] = r = limit(task, params, apply_fn)
-  print(f"1. kernel {r['kernel_seconds']:.1f} s vs limit {r['limit_seconds']:.1f} s (Jacobian "
-        f"pass {r['jacobian_pass_seconds']:.1f} + J Jᵀ {r['gram_matmul_seconds']:.1f}): "
-        f"{r['kernel_over_limit']:.2f}× the limit (aim ≤ 1.5×); Gram {r['gram_gflops']:.1f} "
-        f"GFLOP/s, plain matmul {r['plain_matmul_gflops']:.1f} GFLOP/s", flush=True)
-  results['projections'] = r = projections(task, params, apply_fn,
-                                           [int(k) for k in _SKETCHES.value], _STEPS.value)
-  print(f"2. exact kernel {r['exact_seconds']:.1f} s, predicted T_eps {r['exact_t_eps']}")
-  for s in r['sketches']:
-    print(f"   k={s['k']:6d}: {s['seconds']:6.1f} s ({s['time_ratio']:.2f}× exact), "
-          f"relative error {s['rel_frobenius_error']:.3f}, predicted T_eps {s['t_eps']}",
-          flush=True)
-  results['grid_cost'] = r = grid_cost(task, params, apply_fn, _STEPS.value)
-  for size in (8, 32):
-    g = r[f'grid_{size}']
-    print(f"3. grid of {size}: predict {g['predict_seconds']:.1f} s (kernel "
-          f"{r['kernel_seconds']:.1f} + SDE {g['simulation_seconds']:.1f}) vs fine-tune "
-          f"{g['train_seconds']:.1f} s: {g['ratio']:.1f}× cheaper", flush=True)
-  print('4. scaling')
-  results['scaling'] = scaling(_SOURCE.value, [int(n) for n in _SIZES.value], _EXACT_MAX.value,
-                               _STEPS.value)
+  parts = set(_PARTS.value)
+  if '1' in parts:
+    results['limit'] = r = limit(task, params, apply_fn)
+    print(f"1. kernel {r['kernel_seconds']:.1f} s vs limit {r['limit_seconds']:.1f} s (Jacobian "
+          f"pass {r['jacobian_pass_seconds']:.1f} + J Jᵀ {r['gram_matmul_seconds']:.1f}): "
+          f"{r['kernel_over_limit']:.2f}× the limit (aim ≤ 1.5×); Gram {r['gram_gflops']:.1f} "
+          f"GFLOP/s, plain matmul {r['plain_matmul_gflops']:.1f} GFLOP/s", flush=True)
+  if '2' in parts:
+    results['projections'] = r = projections(task, params, apply_fn,
+                                             [int(k) for k in _SKETCHES.value], _STEPS.value)
+    print(f"2. exact kernel {r['exact_seconds']:.1f} s, predicted T_eps {r['exact_t_eps']}")
+    for s in r['sketches']:
+      print(f"   k={s['k']:6d}: {s['seconds']:6.1f} s ({s['time_ratio']:.2f}× exact), "
+            f"relative error {s['rel_frobenius_error']:.3f}, predicted T_eps {s['t_eps']}",
+            flush=True)
+  if '3' in parts:
+    results['grid_cost'] = r = grid_cost(task, params, apply_fn, _STEPS.value)
+    for kernel in ('full', 'traced'):
+      for size in (8, 32):
+        g, k = r[kernel][f'grid_{size}'], r[kernel]
+        print(f"3. {kernel} kernel, grid of {size}: predict {g['predict_seconds']:.1f} s (kernel "
+              f"{k['kernel_seconds']:.1f} + SDE {g['simulation_seconds']:.1f}) vs fine-tune "
+              f"{g['train_seconds']:.1f} s: {g['ratio']:.1f}× cheaper (aim {30 if size == 8 else 100}"
+              f"×; {g['ratio_bound_free_simulation']:.1f}× with a free simulation)", flush=True)
+    print(f"   grid of 8 one configuration at a time: SDE "
+          f"{r['full']['grid_8_one_at_a_time_simulation_seconds']:.1f} s vs "
+          f"{r['full']['grid_8']['simulation_seconds']:.1f} s as one simulation")
+    d = r['traced_vs_full_t_eps']
+    print(f"   traced vs full kernel, predicted T_eps over the grid of 32: median relative "
+          f"difference {d['median_relative_difference']}, max {d['max_relative_difference']} "
+          f"({d['compared']} compared)", flush=True)
+  if '4' in parts:
+    print('4. scaling')
+    results['scaling'] = scaling(_SOURCE.value, [int(n) for n in _SIZES.value], _EXACT_MAX.value,
+                                 _STEPS.value, class_counts=[int(c) for c in _CLASSES.value],
+                                 n_classes=_N.value)
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
     json.dump(results, f, indent=1)

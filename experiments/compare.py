@@ -16,8 +16,10 @@ a workdir of another config is refused unless --overwrite is given, which
 deletes it first.
 """
 
+import dataclasses
 import os
 import time
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -28,6 +30,7 @@ import numpy as np
 from ml_collections import config_flags
 
 from ntk_time import configs as config_lib
+from ntk_time import data
 from ntk_time import finetune
 from ntk_time import models
 from ntk_time import ntk
@@ -44,13 +47,13 @@ def config_name(hp: sgd.SGD) -> str:
   return f'lr{hp.lr:g}_B{hp.batch_size}_m{hp.momentum:g}_wd{hp.weight_decay:g}'
 
 
-def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pred_hash):
-  """Every method's predictions, reused from `path` if made for `pred_hash`.
+def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pred_hash, reuse):
+  """Every method's predictions, reused from `path` if made for `pred_hash` (and `reuse`).
 
   Always returned as read back from JSON, so that a first run and a rerun
   compute the summary from the same numbers.
   """
-  if not (os.path.exists(path) and wd.read_json(path).get('config_hash') == pred_hash):
+  if not (reuse and os.path.exists(path) and wd.read_json(path).get('config_hash') == pred_hash):
     ft, pc = config.finetune, config.predict
     dtype = np.float64 if pc.dtype == 'float64' else np.float32
     common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
@@ -68,10 +71,11 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
 
 
 def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test, kernel_cfg,
-                  features_fn=None, progress: bool = True) -> ntk.Linearization:
+                  features_fn=None, progress: bool = True, reuse: bool = True
+                  ) -> ntk.Linearization:
   """ntk.linearize with the settings of a `kernel` config block, reused from `path`
-  (an npz) when it was written for `kernel_hash`."""
-  cached = wd.load_if_hash(path, kernel_hash)
+  (an npz) when it was written for `kernel_hash` (and `reuse`)."""
+  cached = wd.load_if_hash(path, kernel_hash) if reuse else None
   if cached is not None:
     return ntk.Linearization(**{k: v for k, v in cached.items() if k != 'config_hash'})
   k = kernel_cfg
@@ -122,9 +126,41 @@ def _real_times(curves_per_seed, targets):
   return out
 
 
-def run(config, workdir: str, progress: bool = True, overwrite: bool = False) -> dict:
-  """Runs the comparison; returns the summary also written to summary.json."""
-  t_start = time.perf_counter()
+@dataclasses.dataclass
+class Predicted:
+  """Everything of a comparison that comes before the real runs (see `predicted`).
+
+  base: what identifies the starting point (checkpoint, model, task, seed), for
+  hashes; orders: per configuration [seeds, T, B] batch orders; step_seconds,
+  flop_seconds and flops: per batch size, seconds of one real step measured and
+  from XLA's FLOP count, and that count; preds: per method, one dict per
+  configuration (predict.predict's, as read back from predictions.json).
+  """
+  configs: list[sgd.SGD]
+  targets: predict.Targets
+  task: data.Task
+  params: Any
+  apply_fn: Callable
+  pre_report: dict
+  base: dict
+  lin: ntk.Linearization
+  kernel_report: dict
+  orders: list[np.ndarray]
+  step_seconds: dict[int, float]
+  flop_seconds: dict[int, float]
+  flops: dict[int, float]
+  step_timing_seconds: float
+  preds: dict[str, list[dict]]
+
+
+def predicted(config, workdir: str, progress: bool = True, overwrite: bool = False,
+              reuse: bool = True) -> Predicted:
+  """Checks the config, claims the workdir, pretrains (or loads), computes the kernel,
+  times the real step and predicts every configuration with every method.
+
+  reuse=False recomputes the kernel and the predictions even when the workdir has
+  them for this config (runs over several processes do: they must all compute).
+  """
   configs = config_lib.check(config)  # before any work is done
   ft, pc = config.finetune, config.predict
   targets = config_lib.targets_from_config(pc)
@@ -144,16 +180,8 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
           'model': config.model.to_dict(), 'target': config.target.to_dict(), 'seed': config.seed}
   kernel_hash = wd.config_hash({**base, 'kernel': config.kernel.to_dict(), 'features': True})
   lin = cached_kernel(os.path.join(workdir, 'kernel.npz'), kernel_hash, apply_fn, params,
-                      task.x_train, task.x_test, config.kernel, features_fn, progress)
+                      task.x_train, task.x_test, config.kernel, features_fn, progress, reuse)
   kernel_report = ntk.check_kernel(lin.k_train_train)
-  n_drift = min(config.kernel.drift_samples, len(task.x_train))
-  drift_x = task.x_train[:n_drift]
-  # Θ(w0) on the drift subset is a block of the full kernel already computed.
-  if lin.traced:
-    k0_sub = ntk.empirical_ntk(apply_fn, params, drift_x, block_size=config.kernel.block_size)[0]
-  else:
-    k0_sub = lin.k_train_train[:n_drift, :n_drift]
-  k0_sub = k0_sub if n_drift else None
 
   # Same batch orders for the real runs and the replaying simulator.
   orders = [np.stack([sgd.batch_order(jax.random.fold_in(key_order, s), len(task.x_train),
@@ -178,7 +206,30 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
                               'predict': pc.to_dict(), 'loss': ft.loss,
                               'eval_every': ft.eval_every, 'orders': wd.digest(*orders)})
   preds = _predictions(lin, task, configs, orders, config, key_sde, targets,
-                       os.path.join(workdir, 'predictions.json'), pred_hash)
+                       os.path.join(workdir, 'predictions.json'), pred_hash, reuse)
+  return Predicted(configs=configs, targets=targets, task=task, params=params,
+                   apply_fn=apply_fn, pre_report=pre_report, base=base, lin=lin,
+                   kernel_report=kernel_report, orders=orders, step_seconds=step_seconds,
+                   flop_seconds=flop_seconds, flops=flops,
+                   step_timing_seconds=step_timing_seconds, preds=preds)
+
+
+def run(config, workdir: str, progress: bool = True, overwrite: bool = False) -> dict:
+  """Runs the comparison; returns the summary also written to summary.json."""
+  t_start = time.perf_counter()
+  pr = predicted(config, workdir, progress, overwrite)
+  ft, pc = config.finetune, config.predict
+  configs, targets, task, params, apply_fn = pr.configs, pr.targets, pr.task, pr.params, \
+      pr.apply_fn
+  lin, orders, preds, step_seconds = pr.lin, pr.orders, pr.preds, pr.step_seconds
+  n_drift = min(config.kernel.drift_samples, len(task.x_train))
+  drift_x = task.x_train[:n_drift]
+  # Θ(w0) on the drift subset is a block of the full kernel already computed.
+  if lin.traced:
+    k0_sub = ntk.empirical_ntk(apply_fn, params, drift_x, block_size=config.kernel.block_size)[0]
+  else:
+    k0_sub = lin.k_train_train[:n_drift, :n_drift]
+  k0_sub = k0_sub if n_drift else None
 
   # Real fine-tuning, every configuration and seed.
   rows = []
@@ -189,7 +240,7 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
       name = f'{config_name(hp)}_s{s}'
       if progress:
         print(f'[{bar_desc}] real run {i * ft.seeds + s + 1}: {name}')
-      run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'seed_run': s, 'loss': ft.loss,
+      run_hash = wd.config_hash({**pr.base, 'hp': hp.to_dict(), 'seed_run': s, 'loss': ft.loss,
                                  'eval_every': ft.eval_every, 'drift': n_drift})
       r, c = real_run(apply_fn, params, task, hp, orders[i][s], config,
                        os.path.join(workdir, 'runs', name), run_hash,
@@ -224,28 +275,28 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False) ->
     t_real = real_times['t_eps']['mean']
     real_sps = row['real']['seconds_per_step']
     row['seconds'] = {
-        'measured_step': sps, 'flops_step': flop_seconds[hp.batch_size],
-        'step_flops': flops[hp.batch_size], 'real_step': real_sps,
+        'measured_step': sps, 'flops_step': pr.flop_seconds[hp.batch_size],
+        'step_flops': pr.flops[hp.batch_size], 'real_step': real_sps,
         'measured_step_error': predict.relative_error(sps, real_sps),
-        'flops_step_error': predict.relative_error(flop_seconds[hp.batch_size], real_sps),
+        'flops_step_error': predict.relative_error(pr.flop_seconds[hp.batch_size], real_sps),
         'predicted_t_eps': predict.to_seconds(t_pred, sps),
-        'predicted_t_eps_flops': predict.to_seconds(t_pred, flop_seconds[hp.batch_size]),
+        'predicted_t_eps_flops': predict.to_seconds(t_pred, pr.flop_seconds[hp.batch_size]),
         'real_t_eps': predict.to_seconds(t_real, real_sps)}
     row['seconds']['t_eps_error'] = predict.relative_error(row['seconds']['predicted_t_eps'],
                                                            row['seconds']['real_t_eps'])
     rows.append(row)
 
   # The cost of a prediction: the kernel, the first method's simulations, the step timing.
-  costs = {'kernel_seconds': lin.seconds, 'step_timing_seconds': step_timing_seconds,
+  costs = {'kernel_seconds': lin.seconds, 'step_timing_seconds': pr.step_timing_seconds,
            'train_seconds': float(sum(np.mean(r['real']['train_seconds']) for r in rows)),
            **{f'{m}_seconds': float(sum(p['seconds'] for p in preds[m])) for m in preds}}
   costs['predict_seconds'] = costs['kernel_seconds'] + costs[f'{pc.methods[0]}_seconds'] + \
       costs['step_timing_seconds']
   costs['ratio'] = costs['train_seconds'] / costs['predict_seconds']
-  summary = {'config': config.to_dict(), 'methods': list(preds), 'pretrain': pre_report,
+  summary = {'config': config.to_dict(), 'methods': list(preds), 'pretrain': pr.pre_report,
              'task': {'n_train': len(task.x_train), 'n_test': len(task.x_test),
                       'classes': task.class_names, 'num_params': models.num_params(params)},
-             'kernel': kernel_report, 'targets': targets.__dict__, 'costs': costs,
+             'kernel': pr.kernel_report, 'targets': targets.__dict__, 'costs': costs,
              'aggregate': aggregate(rows, list(preds)), 'configs': rows,
              'wall_seconds': time.perf_counter() - t_start}
   wd.write_json(os.path.join(workdir, 'summary.json'), summary)

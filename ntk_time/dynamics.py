@@ -93,15 +93,19 @@ def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_tes
   """The simulators' arrays, zeros for what is absent; kernels by columns or flat.
 
   columns=True: `_columns` layout [N, C, N'·C], for minibatch row gathers.
-  columns=False: flat [N'·C, N·C] (index i·C + c), for full matrix-vector products.
+  columns=False: flat [N'·C, N·C] (index i·C + c), for full matrix-vector products;
+  class-traced kernels K [N', N] stay as they are.
   """
   layout = _columns if columns else _flat
+  if not columns and np.ndim(k_train_train) == 2:  # class-traced: Θ = K ⊗ I_C, kept as K
+    layout = np.asarray
   fx0 = jnp.asarray(fx_train_0)
   n, c = fx0.shape
   dtype = fx0.dtype
   jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
   if k_test_train is None:
-    k_st = jnp.zeros((n, c, 0) if columns else (0, n * c), dtype)
+    traced = not columns and np.ndim(k_train_train) == 2
+    k_st = jnp.zeros((n, c, 0) if columns else (0, n if traced else n * c), dtype)
     fxt0 = jnp.zeros((0, c), dtype)
     yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
   else:
@@ -162,8 +166,8 @@ def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt'))
-def _sde_one(key, lr_sum, lr_sq, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, noise, weight_decay, *,
-             loss, eval_every, dt):
+def _sde_one(path, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, *, loss, eval_every, dt):
+  key, lr_sum, lr_sq, noise, weight_decay = path
   n = fx0.shape[0]
   n_steps = lr_sum.shape[0]
 
@@ -177,8 +181,13 @@ def _sde_one(key, lr_sum, lr_sq, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, noise,
     # matvec with Θ serves both: ΔF = Θ (r ⊙ w), no matrix square root.
     w = -a_sum / n + jnp.sqrt(a_sq) * noise * xi  # [N]
     rw = r * w[:, None]
-    f = f + (k_tt @ rw.reshape(-1)).reshape(f.shape) - a_sum * weight_decay * (f - fx0 + jw0)
-    ft = ft + (k_st @ rw.reshape(-1)).reshape(ft.shape) - a_sum * weight_decay * (ft - fxt0 + jw0t)
+    if k_tt.shape[1] == n:  # K ⊗ I_C: K (r ⊙ w), C times cheaper than the full product
+      move, move_t = k_tt @ rw, k_st @ rw
+    else:
+      move = (k_tt @ rw.reshape(-1)).reshape(f.shape)
+      move_t = (k_st @ rw.reshape(-1)).reshape(ft.shape)
+    f = f + move - a_sum * weight_decay * (f - fx0 + jw0)
+    ft = ft + move_t - a_sum * weight_decay * (ft - fxt0 + jw0t)
     return (f, ft), None
 
   per_eval = eval_every // dt
@@ -205,15 +214,22 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   schedule: its drift uses Σ η̃_k and its noise √(Σ η̃_k²) over those steps,
   which for dt = 1 is exactly one step's mean and covariance.
 
+  The hyper-parameters may differ per path (lrs [S, T], batch_size, momentum,
+  weight_decay [S]), so that a whole grid of the same horizon is one
+  simulation: its paths share every product with Θ (a matrix product rather
+  than S matrix-vector products) and split over the devices together.
+
   Args:
     keys: [S] PRNG keys, one per path.
-    lrs: [T] learning rates η_k (momentum enters as η_k / (1 - m)).
-    k_train_train, fx_train_0, y_train, jw0_train, test arrays: as simulate_sgd.
-    batch_size: B, for the noise scale.
+    lrs: [T] or [S, T] learning rates η_k (momentum enters as η_k / (1 - m)).
+    k_train_train, fx_train_0, y_train, jw0_train, test arrays: as simulate_sgd;
+      or the class-traced k_train_train [N, N] and k_test_train [N_test, N] for
+      Θ = K ⊗ I_C, simulated without expanding it (C times cheaper per step).
+    batch_size: B (or [S]), for the noise scale.
     loss, eval_every: as simulate_sgd; dt must divide eval_every.
     dt: SGD steps per Euler–Maruyama step.
-    momentum: m, used only through the effective learning rate.
-    weight_decay: λ, added to the drift as λ (F - F_0 + J w0).
+    momentum: m (or [S]), used only through the effective learning rate.
+    weight_decay: λ (or [S]), added to the drift as λ (F - F_0 + J w0).
     population: N_full when the N given samples stand for a training set of
       N_full (a random subset of it, each sample standing for N_full/N): the
       drift (1/N) Σ over the subset is then the full set's mean move, the
@@ -223,8 +239,9 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   Returns:
     (curves, fx_train_T, fx_test_T) as simulate_sgd, with S = len(keys) paths.
   """
-  lrs = np.asarray(lrs, np.float64)
-  steps = len(lrs)
+  s = len(keys)
+  lrs = np.broadcast_to(np.asarray(lrs, np.float64), (s, np.shape(lrs)[-1]))
+  steps = lrs.shape[1]
   _check_eval(steps, eval_every)
   if not (isinstance(dt, (int, np.integer)) and dt >= 1 and eval_every % dt == 0):
     raise ValueError(f'dt={dt!r} must be a positive integer dividing eval_every={eval_every}')
@@ -234,20 +251,21 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   n_pop = n if population is None else population
   if n_pop < n:
     raise ValueError(f'population={population} is smaller than the {n} samples given')
-  if not 1 <= batch_size <= n_pop:
+  bs = np.broadcast_to(batch_size, (s,)).astype(np.float64)
+  if not np.all((bs >= 1) & (bs <= n_pop)):
     raise ValueError(f'batch_size={batch_size} must be in 1..N={n_pop}')
-  eff = lrs / (1.0 - momentum)
-  lr_sum = eff.reshape(-1, dt).sum(1)
-  lr_sq = (eff**2).reshape(-1, dt).sum(1)
-  cfac = (n_pop - batch_size) / (n_pop - 1) if n_pop > 1 else 0.0
-  noise = np.sqrt(cfac / (batch_size * n))
+  eff = lrs / (1.0 - np.broadcast_to(momentum, (s,))[:, None])
+  lr_sum = eff.reshape(s, -1, dt).sum(2)
+  lr_sq = (eff**2).reshape(s, -1, dt).sum(2)
+  cfac = (n_pop - bs) / (n_pop - 1) if n_pop > 1 else np.zeros(s)
+  noise = np.sqrt(cfac / (bs * n))
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=False)
   one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 12)
-  return jax.device_get(devices.map_leading(
-      run, keys, jnp.asarray(lr_sum, dtype), jnp.asarray(lr_sq, dtype), *arrays,
-      jnp.asarray(noise, dtype), jnp.asarray(weight_decay, dtype)))
+  run = jax.vmap(one, in_axes=(0,) + (None,) * 8)
+  paths = (keys, *(jnp.asarray(a, dtype) for a in
+                   (lr_sum, lr_sq, noise, np.broadcast_to(weight_decay, (s,)))))
+  return jax.device_get(devices.map_leading(run, paths, *arrays))
 
 
 def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=False):

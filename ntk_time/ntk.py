@@ -11,7 +11,8 @@ K_ij = tr(Θ_ij) / C, [N, N], for the approximation Θ ≈ K ⊗ I_C.
 Implementations:
   'direct'                   one batched vmap(jacrev) pass storing J by blocks,
                              then J Jᵀ by row blocks (one BLAS matmul each);
-                             the samples spread over all local devices, and
+                             the samples spread over all devices (of every
+                             process, see devices.py), and
                              optionally a random projection J Π (sketch_dim).
   'nt_jacobian_contraction'  nt.batch(empirical_ntk_fn(..., JACOBIAN_CONTRACTION)).
   'nt_ntvp'                  nt.batch(empirical_ntk_fn(..., NTK_VECTOR_PRODUCTS)).
@@ -151,10 +152,12 @@ def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, ske
 
   def one(p, x):
     return apply_fn(unravel(p), x[None])[0]
-  jac = devices.per_device(jax.vmap(jax.jacrev(one), in_axes=(None, 0)), mesh, (spec(), rows),
-                           rows)
+  jac_local = jax.vmap(jax.jacrev(one), in_axes=(None, 0))  # [b, ...] -> [b, C, P]
   if sketch_dim:
+    # Projected on the device that computed it: a block is never gathered at full P.
     project = sketch_fn(flat.size, sketch_dim, sketch_key)
+    jac_local = lambda p, x, f=jac_local: project(f(p, x))
+  jac = devices.per_device(jac_local, mesh, (spec(), rows), rows)
   n, nt_ = len(x_train), len(x_test)
   # Blocks are padded to a multiple of the device count (repeating their last sample) so
   # that their samples split evenly over the devices; the padding is dropped at once.
@@ -166,8 +169,7 @@ def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, ske
   def jacobian(x):  # [b, ...] -> [b, C, P] (or [b, C, k] sketched)
     pad = -len(x) % d
     xp = np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
-    j = jac(flat, xp)
-    return (project(j) if sketch_dim else j)[:len(x)]
+    return jac(flat, xp)[:len(x)]
 
   j_train = []  # [b, C, P] blocks of J at w0, kept so each Jacobian is computed once
   for a, b in blocks:
@@ -178,7 +180,7 @@ def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, ske
   # Each device holds a slice of J's samples and computes those columns of J Jᵀ; zero rows
   # pad N to a multiple of the device count (their kernel entries are zero and dropped).
   n_pad = -(-n // d) * d
-  j_cols = jnp.pad(j_train, ((0, n_pad - n), (0, 0), (0, 0)))
+  j_cols = devices.distribute(jnp.pad(j_train, ((0, n_pad - n), (0, 0), (0, 0))), mesh, rows)
 
   def gram_local(ja, jb):  # [b, C, P], [N/d, C, P] -> [b, N/d, C, C] or [b, N/d]
     if traced:
@@ -239,7 +241,9 @@ def empirical_ntk(apply_fn: Callable, params: PyTree, x_train: np.ndarray,
       [P, k] Gaussian sketch from `sketch_key` (`sketch_fn`), which stores J Π
       ([N, C, k]) instead of J; 0: the exact kernel. Direct path only.
     num_devices: direct path: spread the samples of each Jacobian block and the
-      columns of J Jᵀ over the first `num_devices` local devices (None: all).
+      columns of J Jᵀ over the first `num_devices` devices (None: all; over
+      several processes, all devices of all of them, and every process must
+      pass the same arguments: `linearize` makes sure of that).
   """
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f'unknown kernel implementation {implementation!r}; expected one of '
@@ -292,6 +296,8 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
   the numbers, if that exceeds `memory_gb`. sketch_dim, sketch_key and
   num_devices: see `empirical_ntk`.
   """
+  # Over several processes, all of them linearise process 0's weights on its data.
+  params, x_train, x_test = devices.same_everywhere((params, x_train, x_test))
   num_classes = int(np.shape(jax.eval_shape(apply_fn, params, x_train[:1]))[-1])
   p = sum(int(np.size(v)) for v in jax.tree.leaves(params))
   need = memory_bytes(len(x_train), len(x_test), num_classes, p, implementation=implementation,

@@ -10,7 +10,9 @@ import dataclasses
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import scipy.sparse.linalg
 
 from ntk_time import dynamics
 from ntk_time import losses
@@ -91,6 +93,19 @@ def curvature_bound(loss: str) -> float:
   return 1.0 if losses.check(loss) == 'mse' else 0.5
 
 
+def largest_eigenvalue(k: np.ndarray) -> float:
+  """λ_max of Θ ([N, N, C, C], or a class-traced K [N, N]: λ_max(K ⊗ I_C) = λ_max(K)).
+
+  Lanczos (scipy's eigsh) beyond 1,000 rows, where a full eigendecomposition
+  of the N·C × N·C kernel would cost more than the whole simulation.
+  """
+  flat = ntk.flatten(np.asarray(k)).astype(np.float64)
+  if len(flat) <= 1000:
+    return float(np.linalg.eigvalsh(flat)[-1])
+  return float(scipy.sparse.linalg.eigsh(flat, k=1, which='LA', return_eigenvectors=False,
+                                         tol=1e-8)[0])
+
+
 def lr_limit(max_eig: float, n: int, loss: str, momentum: float = 0.0) -> float:
   """The largest η for which full-batch linearised SGD cannot diverge.
 
@@ -130,6 +145,34 @@ def _diverged(curves: dict) -> bool:
   return bool(np.any(loss > 10.0 * np.maximum(loss[:, :1], 1.0)))
 
 
+def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_every):
+  """The SDE's paths of every configuration, one simulation per horizon.
+
+  Configuration i has the paths of keys split(fold_in(key, i), num_paths)
+  whether simulated alone or with the others. Returns per configuration its
+  curves ([num_paths, E] each) and its share of the simulation's seconds.
+  """
+  curves, seconds = [None] * len(configs), [0.0] * len(configs)
+  by_horizon = {}
+  for i, hp in enumerate(configs):
+    by_horizon.setdefault(hp.steps, []).append(i)
+  for group in by_horizon.values():
+    keys = jnp.concatenate([jax.random.split(jax.random.fold_in(key, i), num_paths)
+                            for i in group])
+    per_path = lambda f, group=group: np.repeat(np.stack([f(configs[i]) for i in group]),
+                                                num_paths, axis=0)
+    start = time.perf_counter()
+    c, _, _ = dynamics.simulate_sde(
+        keys, per_path(sgd.learning_rates), batch_size=per_path(lambda h: h.batch_size),
+        momentum=per_path(lambda h: h.momentum), weight_decay=per_path(lambda h: h.weight_decay),
+        dt=dt, population=population, loss=loss, eval_every=eval_every, **arrays)
+    share = (time.perf_counter() - start) / len(group)
+    for j, i in enumerate(group):
+      curves[i] = {name: v[j * num_paths:(j + 1) * num_paths] for name, v in c.items()}
+      seconds[i] = share
+  return curves, seconds
+
+
 def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             configs: list[sgd.SGD], *, key: jax.Array | None = None, method: str = 'sde',
             loss: str, eval_every: int, targets: Targets, num_paths: int = 32, dt: int = 1,
@@ -149,7 +192,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       head-aware model of dynamics.simulate_head_aware on orders like 'exact';
       needs a linearisation made with features_fn).
     loss, eval_every, targets: see dynamics / Targets.
-    dt: SGD steps per Euler–Maruyama step (sde only).
+    dt: SGD steps per Euler–Maruyama step (sde only; the configurations of one
+      horizon are simulated together, see dynamics.simulate_sde).
     dtype: of the simulation (np.float64 needs jax_enable_x64).
     population: sde only: the size N of the training set that the kernel's
       samples are a random subset of (subset.py's replica prediction); the
@@ -159,8 +203,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     One dict per configuration: 'hparams', 'method', 'steps' [E], 'curves'
     (per name: 'mean', 'q05', 'q50', 'q95', each [E]), 'times' (per
     definition: 'mean_curve' and 'q05'/'q50'/'q95' over paths, in SGD steps,
-    None when not reached), 'diverged', 'lr_limit', 'seconds'. A diverging
-    configuration has curves and times None and says so.
+    None when not reached), 'diverged', 'lr_limit', 'seconds' (for the sde, its
+    share of the grid's simulation). A diverging configuration has curves and
+    times None and says so.
   """
   if method not in METHODS:
     raise ValueError(f'unknown prediction method {method!r}; expected one of {METHODS}')
@@ -171,8 +216,10 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     raise ValueError('dtype=float64 needs 64-bit JAX: run inside jax.experimental.enable_x64() '
                      'or set jax_enable_x64')
   n = len(y_train)
-  k_tt, k_st = lin.full_kernels()
-  max_eig = float(np.linalg.eigvalsh(ntk.flatten(k_tt).astype(np.float64))[-1])
+  # The SDE simulates a class-traced kernel as K; the minibatch simulators need K ⊗ I_C.
+  k_tt, k_st = (lin.full_kernels() if method in ('exact', 'full_batch')
+                else (lin.k_train_train, lin.k_test_train))
+  max_eig = largest_eigenvalue(k_tt)
   arrays = dict(k_train_train=k_tt.astype(dtype), fx_train_0=lin.fx_train_0.astype(dtype),
                 y_train=y_train, jw0_train=lin.jw0_train.astype(dtype),
                 k_test_train=k_st.astype(dtype), fx_test_0=lin.fx_test_0.astype(dtype),
@@ -190,9 +237,13 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
                        jw0_features_test=lin.jw0_features_test.astype(dtype))
   if population is not None and method != 'sde':
     raise ValueError(f'population is for the sde method only, got method={method!r}')
+  for hp in configs:
+    hp.validate(population or n)
+  if method == 'sde':
+    sde_curves, sde_seconds = _sde_grid(configs, key, num_paths, dt, population, arrays,
+                                        loss=loss, eval_every=eval_every)
   results = []
   for i, hp in enumerate(configs):
-    hp.validate(population or n)
     lrs = sgd.learning_rates(hp)
     start = time.perf_counter()
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
@@ -204,9 +255,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
         ks = jax.random.split(jax.random.fold_in(key, i), num_paths)
         o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps) for k in ks])
     if method == 'sde':
-      keys = jax.random.split(jax.random.fold_in(key, i), num_paths)
-      curves, _, _ = dynamics.simulate_sde(keys, lrs, batch_size=hp.batch_size, dt=dt,
-                                           population=population, **common)
+      curves = sde_curves[i]
     elif method == 'exact':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
     elif method == 'head_aware':
@@ -216,7 +265,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     else:
       curves, _, _ = dynamics.simulate_full_batch(lrs, nesterov=hp.nesterov, **common)
     curves = jax.device_get(curves)
-    seconds = time.perf_counter() - start
+    seconds = sde_seconds[i] if method == 'sde' else time.perf_counter() - start
     steps = np.arange(0, hp.steps + 1, eval_every)
     limit = lr_limit(max_eig, n, loss, hp.momentum)
     out = {'hparams': hp.to_dict(), 'method': method, 'steps': steps, 'lr_limit': limit,

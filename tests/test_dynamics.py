@@ -174,6 +174,30 @@ def test_sde_mean_matches_exact_simulator_average():
   np.testing.assert_allclose(m_sde, m_ex, rtol=0.02)
 
 
+def test_sde_with_a_traced_kernel_equals_the_expanded_kernel():
+  """K [N, N] simulated as K equals K ⊗ I_C expanded to [N, N, C, C], path by path."""
+  rng = np.random.default_rng(7)
+  n, nt_, c = 9, 4, 3
+  x = rng.normal(size=(n + nt_, 20))
+  k = x @ x[:n].T / 20
+  eye = np.eye(c)
+  f0, ft0 = rng.normal(size=(n, c)) * 0.3, rng.normal(size=(nt_, c)) * 0.3
+  y, yt = rng.integers(0, c, n), rng.integers(0, c, nt_)
+  kw = dict(batch_size=3, loss='cross_entropy', eval_every=5, momentum=0.5, weight_decay=0.1,
+            jw0_train=rng.normal(size=(n, c)), fx_test_0=ft0, y_test=yt)
+  keys, lrs = jax.random.split(jax.random.key(8), 4), np.full(20, 0.7)
+  with enable_x64():
+    traced, f_tr, ft_tr = dynamics.simulate_sde(keys, lrs, k[:n], f0, y, k_test_train=k[n:],
+                                                **kw)
+    full, f_full, ft_full = dynamics.simulate_sde(
+        keys, lrs, k[:n, :, None, None] * eye, f0, y,
+        k_test_train=k[n:, :, None, None] * eye, **kw)
+  np.testing.assert_allclose(f_tr, f_full, rtol=1e-10)
+  np.testing.assert_allclose(ft_tr, ft_full, rtol=1e-10)
+  np.testing.assert_allclose(traced['test_loss'], full['test_loss'], rtol=1e-10)
+  assert np.abs(f_tr - f0).max() > 0.1  # it moved
+
+
 class TwoLayerLinear:
   """f(x) = Wᵀ M x + b: features M x are linear in M with kernel (x_iᵀ x_j) I_D exactly."""
 

@@ -137,3 +137,50 @@ def test_finetune_script_matches_the_compare_run(smoke_run, tmp_path):
                                 summary['configs'][1]['real']['curves']['train_loss'][0])
   with pytest.raises(ValueError, match='--index=9 is outside the grid of 4'):
     finetune_script.run(smoke.get_config(), workdir, index=9)
+
+
+def _predicted_curves(ranking):
+  return {(r['name'], m): r['predicted'][m]['times'] for r in ranking['configs']
+          for m in ranking['methods']}
+
+
+def test_predict_script_without_training_and_on_two_processes(smoke_run, tmp_path):
+  """experiments.predict gives compare's predictions without a real run; the same command
+  as two processes of 2 host devices each (jax.distributed on localhost) gives the same
+  ranking, written by process 0 alone."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from experiments import predict as predict_script  # pylint: disable=g-import-not-at-top
+  _, compared = smoke_run
+  alone = str(tmp_path / 'alone')
+  ranking = predict_script.run(smoke.get_config(), alone, progress=False)
+  assert not os.path.exists(os.path.join(alone, 'runs'))
+  assert ranking == json.load(open(os.path.join(alone, 'ranking.json')))
+  for row in compared['configs']:
+    mine = next(r for r in ranking['configs'] if r['name'] == row['name'])
+    for m in ranking['methods']:
+      assert mine['predicted'][m]['times'] == row['predicted'][m]['times'], (row['name'], m)
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  shared = str(tmp_path / 'two')
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_DISABLE_MOST_OPTIMIZATIONS='1',
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'experiments.predict', '--config', 'ntk_time/configs/smoke.py',
+       '--workdir', shared, '--distributed', f'--coordinator_address=localhost:{port}',
+       '--num_processes=2', f'--process_id={i}'], cwd=root, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  assert 'ranking.json' in outs[0] and '2 process(es), 4 device(s)' in outs[0]
+  assert 'ranking.json' not in outs[1]  # only process 0 reports and writes
+  two = json.load(open(os.path.join(shared, 'ranking.json')))
+  assert (two['processes'], two['devices']) == (2, 4)
+  for name_method, times in _predicted_curves(ranking).items():
+    other = _predicted_curves(two)[name_method]
+    assert other == times, name_method

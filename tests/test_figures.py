@@ -95,6 +95,9 @@ def test_bench_runs_on_tiny_sizes():
   proj = bench.projections(task, params, apply_fn, [64], steps=20)
   assert 0 < proj['sketches'][0]['rel_frobenius_error'] < 1
   cost = bench.grid_cost(task, params, apply_fn, steps=20)
-  assert cost['grid_32']['train_seconds'] > cost['grid_8']['train_seconds'] > 0
-  rows = bench.scaling('digits', [30, 40], exact_max=30, steps=20, sketch_dim=64)['rows']
-  assert [r['sketch_dim'] for r in rows] == [0, 64]
+  for kernel in ('full', 'traced'):
+    assert cost[kernel]['grid_32']['train_seconds'] > cost[kernel]['grid_8']['train_seconds'] > 0
+  assert cost['traced_vs_full_t_eps']['compared'] > 0
+  rows = bench.scaling('digits', [30, 40], exact_max=30, steps=20, sketch_dim=64,
+                       class_counts=[2], n_classes=30)['rows']
+  assert [(r['n'], r['c'], r['sketch_dim']) for r in rows] == [(30, 5, 0), (40, 5, 64), (30, 2, 0)]

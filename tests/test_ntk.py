@@ -118,16 +118,14 @@ def test_sketched_kernel_is_an_unbiased_estimate_that_improves_with_k(net):
                       sketch_key=jax.random.key(0))
 
 
-def test_kernel_and_simulators_on_four_devices_equal_one_device(tmp_path):
-  """The same script in a 1-device and a 4-device process (host devices): 11 samples in
-  blocks of 4 and 6 paths, so the padding to a multiple of the devices is exercised."""
-  import subprocess  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  script = tmp_path / 'run.py'
-  script.write_text('''
+_DEVICES_SCRIPT = '''
 import sys
 sys.path.insert(0, %r)
-import jax, numpy as np
+import jax
+from ntk_time import devices
+if len(sys.argv) > 2:  # process id, process count, coordinator port
+  devices.initialize(f'localhost:{sys.argv[4]}', int(sys.argv[3]), int(sys.argv[2]))
+import numpy as np
 from ntk_time import dynamics, models, ntk, sgd
 model = models.create_model('ResNetTiny', 3, num_filters=4)
 v = models.init_variables(model, jax.random.key(0), (8, 8, 1))
@@ -135,26 +133,63 @@ f = models.make_apply_fn(model, v['batch_stats'])
 rng = np.random.default_rng(0)
 x = rng.normal(size=(11, 8, 8, 1)).astype(np.float32)
 xt = rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
-k, k_st = ntk.empirical_ntk(f, v['params'], x, xt, block_size=4)
-fx0, y = ntk.outputs(f, v['params'], x), rng.integers(0, 3, 11)
+lin = ntk.linearize(f, v['params'], x, xt, block_size=4, progress=False)
+sketch, _ = ntk.empirical_ntk(f, v['params'], x, block_size=4, sketch_dim=64,
+                              sketch_key=jax.random.key(2))
+y = rng.integers(0, 3, 11)
 lrs = np.full(20, 0.5)
-sde, _, _ = dynamics.simulate_sde(jax.random.split(jax.random.key(1), 6), lrs, k, fx0, y,
-                                  batch_size=4, loss='cross_entropy', eval_every=5)
+sde, _, _ = dynamics.simulate_sde(jax.random.split(jax.random.key(1), 6), lrs, lin.k_train_train,
+                                  lin.fx_train_0, y, batch_size=4, loss='cross_entropy',
+                                  eval_every=5)
 orders = np.stack([sgd.batch_order(jax.random.key(s), 11, 4, 20) for s in range(6)])
-exact, _, _ = dynamics.simulate_sgd(orders, lrs, k, fx0, y, loss='cross_entropy', eval_every=5)
-np.savez(sys.argv[1], devices=len(jax.local_devices()), k=k, k_st=k_st,
-         sde=sde['train_loss'], exact=exact['train_loss'])
-''' % ROOT)
-  out = {}
-  for d in (1, 4):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={d}',
-               JAX_PLATFORMS='cpu')
-    path = tmp_path / f'{d}.npz'
-    run = subprocess.run([sys.executable, str(script), str(path)], env=env, capture_output=True,
-                         text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    out[d] = np.load(path)
-  assert out[1]['devices'] == 1 and out[4]['devices'] == 4
-  for name in ('k', 'k_st', 'sde', 'exact'):
-    a, b = out[1][name], out[4][name]
-    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max(), err_msg=name)
+exact, _, _ = dynamics.simulate_sgd(orders, lrs, lin.k_train_train, lin.fx_train_0, y,
+                                    loss='cross_entropy', eval_every=5)
+np.savez(sys.argv[1], devices=len(jax.devices()), processes=jax.process_count(),
+         k=lin.k_train_train, k_st=lin.k_test_train, sketch=sketch, sde=sde['train_loss'],
+         exact=exact['train_loss'])
+''' % ROOT
+
+
+def _run_devices_script(tmp_path, name, devices_per_process, processes=1):
+  """_DEVICES_SCRIPT in `processes` processes of `devices_per_process` host devices each;
+  the outputs of each process."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  script = tmp_path / 'run.py'
+  script.write_text(_DEVICES_SCRIPT)
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  paths = [tmp_path / f'{name}_{i}.npz' for i in range(processes)]
+  args = [[sys.executable, str(script), str(p)] +
+          ([str(i), str(processes), str(port)] if processes > 1 else [])
+          for i, p in enumerate(paths)]
+  procs = [subprocess.Popen(a, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for a in args]
+  for p in procs:
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err[-3000:]
+  return [np.load(p) for p in paths]
+
+
+def _assert_same_results(a, b):
+  for name in ('k', 'k_st', 'sketch', 'sde', 'exact'):
+    np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-6 * np.abs(a[name]).max(),
+                               err_msg=name)
+
+
+def test_kernel_and_simulators_on_several_devices_equal_one_device(tmp_path):
+  """The same script on 1 device, on 4 host devices, and in two processes of 2 host
+  devices each (jax.distributed on localhost, gloo): 11 samples in blocks of 4 and 6
+  paths, so the padding to a multiple of the devices is exercised."""
+  [one] = _run_devices_script(tmp_path, 'one', 1)
+  [four] = _run_devices_script(tmp_path, 'four', 4)
+  two_hosts = _run_devices_script(tmp_path, 'hosts', 2, processes=2)
+  assert (one['devices'], four['devices']) == (1, 4)
+  _assert_same_results(one, four)
+  for out in two_hosts:
+    assert (out['devices'], out['processes']) == (4, 2)
+    _assert_same_results(one, out)

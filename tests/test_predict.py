@@ -71,6 +71,55 @@ def test_predict_grid_and_bands():
   assert out[3]['curves']['train_loss']['mean'][-1] < out[0]['curves']['train_loss']['mean'][-1]
 
 
+def test_sde_grid_in_one_simulation_equals_each_configuration_alone():
+  """The grid's configurations (lr, B, momentum, weight decay, schedule and two horizons
+  differing) are simulated together; each equals its own simulation with its own keys."""
+  lin, y, yt = _lin()
+  configs = [sgd.SGD(lr=0.5, batch_size=4, steps=40),
+             sgd.SGD(lr=1.0, batch_size=6, steps=40, momentum=0.5, weight_decay=0.01),
+             sgd.SGD(lr=2.0, batch_size=12, steps=20, schedule='cosine'),
+             sgd.SGD(lr=0.3, batch_size=3, steps=40, momentum=0.9)]
+  key = jax.random.key(3)
+  together = predict.predict(lin, y, yt, configs, key=key, method='sde', loss='cross_entropy',
+                             eval_every=10, targets=predict.Targets(), num_paths=5)
+  for i, (hp, r) in enumerate(zip(configs, together)):
+    alone, _, _ = dynamics.simulate_sde(
+        jax.random.split(jax.random.fold_in(key, i), 5), sgd.learning_rates(hp),
+        lin.k_train_train.astype(np.float32), lin.fx_train_0.astype(np.float32), y,
+        batch_size=hp.batch_size, momentum=hp.momentum, weight_decay=hp.weight_decay,
+        jw0_train=lin.jw0_train.astype(np.float32), loss='cross_entropy', eval_every=10,
+        k_test_train=lin.k_test_train.astype(np.float32), fx_test_0=lin.fx_test_0.astype(
+            np.float32), y_test=yt, jw0_test=lin.jw0_test.astype(np.float32))
+    for name in predict.CURVES:
+      np.testing.assert_allclose(r['curves'][name]['mean'], np.mean(alone[name], 0), rtol=1e-5,
+                                 err_msg=f'{i} {name}')
+    assert len(r['steps']) == hp.steps // 10 + 1
+
+
+def test_largest_eigenvalue_and_the_traced_kernel():
+  """λ_max by Lanczos (> 1,000 rows) equals the full decomposition; a class-traced kernel
+  predicts what the same kernel expanded to K ⊗ I_C predicts."""
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=(1200, 300))
+  k = (a @ a.T).reshape(400, 3, 400, 3).transpose(0, 2, 1, 3)
+  assert predict.largest_eigenvalue(k) == pytest.approx(np.linalg.eigvalsh(a @ a.T)[-1],
+                                                        rel=1e-9)
+  lin, y, yt = _lin()
+  k_tr = np.trace(lin.k_train_train, axis1=2, axis2=3) / 3
+  k_st = np.trace(lin.k_test_train, axis1=2, axis2=3) / 3
+  traced = ntk.Linearization(k_tr, k_st, *(lin.fx_train_0, lin.fx_test_0, lin.jw0_train,
+                                           lin.jw0_test))
+  expanded = ntk.Linearization(*traced.full_kernels(), lin.fx_train_0, lin.fx_test_0,
+                               lin.jw0_train, lin.jw0_test)
+  kw = dict(key=jax.random.key(0), method='sde', loss='cross_entropy', eval_every=10,
+            targets=predict.Targets(), num_paths=4)
+  hp = [sgd.SGD(lr=1.0, batch_size=4, steps=30)]
+  [a_], [b_] = (predict.predict(x, y, yt, hp, **kw) for x in (traced, expanded))
+  assert a_['lr_limit'] == pytest.approx(b_['lr_limit'], rel=1e-9)
+  np.testing.assert_allclose(a_['curves']['train_loss']['mean'],
+                             b_['curves']['train_loss']['mean'], rtol=1e-5)
+
+
 def test_full_batch_method_is_the_closed_form():
   lin, y, yt = _lin()
   hp = sgd.SGD(lr=0.5, batch_size=12, steps=50)
