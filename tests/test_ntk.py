@@ -133,7 +133,10 @@ f = models.make_apply_fn(model, v['batch_stats'])
 rng = np.random.default_rng(0)
 x = rng.normal(size=(11, 8, 8, 1)).astype(np.float32)
 xt = rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
-lin = ntk.linearize(f, v['params'], x, xt, block_size=4, progress=False)
+params = v['params']
+if jax.process_index() == 1:  # other weights than process 0's: linearize must use process 0's
+  params = jax.tree.map(lambda a: a + 0.1, params)
+lin = ntk.linearize(f, params, x, xt, block_size=4, progress=False)
 sketch, _ = ntk.empirical_ntk(f, v['params'], x, block_size=4, sketch_dim=64,
                               sketch_key=jax.random.key(2))
 y = rng.integers(0, 3, 11)
@@ -183,7 +186,8 @@ def _assert_same_results(a, b):
 
 def test_kernel_and_simulators_on_several_devices_equal_one_device(tmp_path):
   """The same script on 1 device, on 4 host devices, and in two processes of 2 host
-  devices each (jax.distributed on localhost, gloo): 11 samples in blocks of 4 and 6
+  devices each (jax.distributed on localhost, gloo; process 1 starts from other
+  weights, which linearize replaces by process 0's): 11 samples in blocks of 4 and 6
   paths, so the padding to a multiple of the devices is exercised."""
   [one] = _run_devices_script(tmp_path, 'one', 1)
   [four] = _run_devices_script(tmp_path, 'four', 4)
