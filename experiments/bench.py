@@ -38,6 +38,7 @@ from ntk_time import models
 from ntk_time import ntk
 from ntk_time import predict
 from ntk_time import sgd
+from ntk_time import times
 
 _SIZES = flags.DEFINE_list('sizes', ['250', '500', '1000', '2000', '4000'], 'N for the table')
 _N = flags.DEFINE_integer('n', 500, 'N for parts 1-3')
@@ -105,8 +106,8 @@ def projections(task, params, apply_fn, sketches, steps) -> dict:
                            lin.jw0_test)
     [r] = predict.predict(l2, task.y_train, task.y_test, [hp], key=jax.random.key(0),
                           method='sde', loss='cross_entropy', eval_every=20,
-                          targets=predict.Targets(), num_paths=16)
-    return None if r['diverged'] else r['times']['t_eps']['mean_curve']
+                          targets=times.Targets(), num_paths=16)
+    return None if r.diverged else r.times['t_eps'].value
 
   out = {'exact_seconds': lin.seconds, 'exact_t_eps': t_eps(lin.k_train_train), 'sketches': []}
   for k in sketches:
@@ -134,7 +135,7 @@ def grid_cost(task, params, apply_fn, steps) -> dict:
                                       loss='cross_entropy', key=jax.random.key(b), repeats=20)
          for b in bs}
   common = dict(key=jax.random.key(0), method='sde', loss='cross_entropy', eval_every=20,
-                targets=predict.Targets(), num_paths=16)
+                targets=times.Targets(), num_paths=16)
   out = {'seconds_per_step': sps, 'n': len(task.x_train)}
   t_eps = {}
   for kernel in ('full', 'traced'):
@@ -149,7 +150,7 @@ def grid_cost(task, params, apply_fn, steps) -> dict:
                              'predict_seconds': lin.seconds + sim,
                              'ratio': train / (lin.seconds + sim),
                              'ratio_bound_free_simulation': train / lin.seconds}
-      t_eps[kernel, size] = [None if p['diverged'] else p['times']['t_eps']['mean_curve']
+      t_eps[kernel, size] = [None if p.diverged else p.times['t_eps'].value
                              for p in preds]
     if kernel == 'full':  # as before the grid was one simulation; simulation seconds only
       res['grid_8_one_at_a_time_simulation_seconds'] = sum(

@@ -16,7 +16,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from ntk_time import configs
+from ntk_time import checks
 from ntk_time import finetune
 from ntk_time import models
 from ntk_time import sgd
@@ -24,7 +24,7 @@ from ntk_time import sgd
 
 def run(config, workdir: str, index: int = 0, seed: int = 0, progress: bool = True) -> dict:
   ft = config.finetune
-  grid = configs.check(config)
+  grid = checks.check(config)
   if not 0 <= index < len(grid):
     raise ValueError(f'--index={index} is outside the grid of {len(grid)} configurations')
   hp = grid[index]

@@ -7,7 +7,8 @@ per batch size, predicts each configuration with each of `predict.methods`,
 and writes predictions.json and ranking.json (per configuration: predicted
 T_eps and other training times with their 5–95% bands, and the predicted
 seconds to T_eps) to the workdir, then prints the grid ranked by predicted
-seconds. `experiments.compare` is the same with the real runs beside it.
+seconds. `experiments.compare` is the same with the real runs beside it
+(ntk_time.pipeline.ranking does the work).
 
 On several hosts, run the same command in one process per host with
 --distributed; the kernel and the simulations are split over the devices of
@@ -20,59 +21,14 @@ part in them.
 """
 
 import os
-import shutil
-import tempfile
 
 from absl import app
 from absl import flags
 from absl import logging
 import jax
 
-from experiments import compare
 from ntk_time import devices
-from ntk_time import predict
-from ntk_time import workdir as wd
-
-
-def run(config, workdir: str, progress: bool = True, overwrite: bool = False) -> dict:
-  """Predicts the grid of `config`; returns the summary (written to ranking.json by process 0)."""
-  leader = jax.process_index() == 0
-  folder = workdir if leader else tempfile.mkdtemp(prefix='ntk_time-predict-')
-  try:
-    pr = compare.predicted(config, folder, progress and leader, overwrite,
-                           reuse=jax.process_count() == 1)
-  finally:
-    if not leader:
-      shutil.rmtree(folder, ignore_errors=True)
-  rows = []
-  for i, hp in enumerate(pr.configs):
-    sps = pr.step_seconds[hp.batch_size]
-    row = {'name': compare.config_name(hp), 'hparams': hp.to_dict(), 'seconds_per_step': sps,
-           'flops_seconds_per_step': pr.flop_seconds[hp.batch_size], 'predicted': {}}
-    for method, results in pr.preds.items():
-      p = results[i]
-      times = None if p['diverged'] else p['times']
-      t_eps = None if times is None else times['t_eps']['mean_curve']
-      row['predicted'][method] = {'diverged': p['diverged'], 'lr_limit': p['lr_limit'],
-                                  'times': times, 'seconds_to_t_eps': predict.to_seconds(t_eps, sps)}
-    rows.append(row)
-  first = config.predict.methods[0]
-  rank_key = lambda r: (r['predicted'][first]['seconds_to_t_eps'] is None,
-                        r['predicted'][first]['seconds_to_t_eps'] or 0.0)
-  summary = {'config': config.to_dict(), 'methods': list(pr.preds),
-             'task': {'n_train': len(pr.task.x_train), 'n_test': len(pr.task.x_test),
-                      'classes': pr.task.class_names},
-             'processes': jax.process_count(), 'devices': jax.device_count(),
-             'kernel': pr.kernel_report,
-             'costs': {'kernel_seconds': pr.lin.seconds,
-                       'step_timing_seconds': pr.step_timing_seconds,
-                       **{f'{m}_seconds': float(sum(p['seconds'] for p in pr.preds[m]))
-                          for m in pr.preds}},
-             'configs': sorted(rows, key=rank_key)}
-  summary = wd.as_json(summary)  # as every reader of ranking.json sees it
-  if leader:
-    wd.write_json(os.path.join(workdir, 'ranking.json'), summary)
-  return summary
+from ntk_time import pipeline
 
 
 def print_ranking(summary: dict) -> None:
@@ -89,7 +45,7 @@ def print_ranking(summary: dict) -> None:
         t = p['times']['t_eps']
         band = ('' if t['q05'] is None or t['q95'] is None
                 else f" [{t['q05']:.0f}, {t['q95']:.0f}]")
-        cells.append(f"{str(t['mean_curve']) + band:>18s}")
+        cells.append(f"{t['value']:.0f}{band}".rjust(18))
     secs = r['predicted'][methods[0]]['seconds_to_t_eps']
     print(f"{r['name']:32s} " + ' '.join(cells) + f"  {'-' if secs is None else f'{secs:.1f}':>26s}")
   c = summary['costs']
@@ -102,7 +58,7 @@ def main(_):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
   if _DISTRIBUTED.value:
     devices.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  summary = run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
+  summary = pipeline.ranking(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   if jax.process_index() == 0:
     print_ranking(summary)
     print('\nwrote', os.path.join(_WORKDIR.value, 'ranking.json'), 'and predictions.json')

@@ -11,13 +11,13 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
-from ntk_time import configs
+from ntk_time import checks
 from ntk_time import pretrain
 
 
 def main(_):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
-  configs.check(_CONFIG.value)
+  checks.check(_CONFIG.value)
   path, report = pretrain.from_config(_CONFIG.value, _WORKDIR.value)
   print(f"source accuracy: train {report['train_acc']:.3f}, test {report['test_acc']:.3f} "
         f"({report['epochs']} epochs, {report['seconds']:.0f} s of training); checkpoint: {path}")

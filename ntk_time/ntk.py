@@ -385,3 +385,52 @@ def feature_kernel(k: np.ndarray, features_1: np.ndarray, features_2: np.ndarray
   head = features_1 @ features_2.T + 1.0
   backbone = np.trace(k, axis1=2, axis2=3) - c * head
   return backbone / np.sum(np.asarray(head_kernel, np.float64) ** 2)
+
+
+def nt_available() -> bool:
+  """Whether neural-tangents imports here (it needs jax <= 0.5.x)."""
+  try:
+    import neural_tangents  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def nt_gradient_descent(k_train_train: np.ndarray, fx_train_0: np.ndarray, y_train: np.ndarray,
+                        steps: np.ndarray, *, lr: float, momentum: float, loss: str,
+                        k_test_train: np.ndarray | None = None,
+                        fx_test_0: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """The anchor library's own prediction: neural-tangents' `predict.gradient_descent`.
+
+  Gradient flow dF/dt = −η Θ ∇_F L(F) on the linearised model (with momentum m,
+  its continuous heavy-ball ODE, whose terminal velocity is η/(1−m)), solved by
+  nt's ODE solver: no minibatch noise, no weight decay. t is in SGD steps.
+
+  Args:
+    k_train_train: [N, N, C, C], or a class-traced [N, N]; fx_train_0: [N, C];
+      y_train: [N] int labels; steps: [E] times in SGD steps.
+    lr, momentum: η and m (0: plain gradient flow); loss: 'cross_entropy' or 'mse',
+      as the mean over samples (losses.loss).
+    k_test_train: [N_test, N, C, C] (or [N_test, N]); fx_test_0: [N_test, C].
+
+  Returns:
+    (fx_train [E, N, C], fx_test [E, N_test, C]); fx_test has N_test = 0 without
+    a test set.
+  """
+  import neural_tangents as nt  # pylint: disable=g-import-not-at-top
+  from ntk_time import losses  # pylint: disable=g-import-not-at-top
+  n, c = np.shape(fx_train_0)
+  dtype = np.asarray(fx_train_0).dtype
+  labels = jnp.asarray(y_train)
+  mean_loss = lambda fx, _: jnp.mean(losses.loss(loss, fx, labels))
+  onehot = jax.nn.one_hot(labels, c, dtype=dtype)
+  trace_axes = (-1,) if np.ndim(k_train_train) == 2 else ()
+  predict_fn = nt.predict.gradient_descent(mean_loss, jnp.asarray(k_train_train, dtype), onehot,
+                                           learning_rate=lr, momentum=momentum or None,
+                                           trace_axes=trace_axes)
+  t = jnp.asarray(steps, dtype)
+  if k_test_train is None or not len(k_test_train):
+    return np.asarray(predict_fn(t, jnp.asarray(fx_train_0))), np.zeros((len(t), 0, c), dtype)
+  fx, fxt = predict_fn(t, jnp.asarray(fx_train_0), jnp.asarray(fx_test_0, dtype),
+                       jnp.asarray(k_test_train, dtype))
+  return np.asarray(fx), np.asarray(fxt)

@@ -1,4 +1,4 @@
-"""Figures from a compare workdir's summary.json: they read files, never recompute."""
+"""Figures from summaries (summary.Summary, read from a workdir): they read, never recompute."""
 
 import math
 import os
@@ -8,7 +8,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-top
 import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 
-COLORS = {'sde': 'tab:blue', 'replay': 'tab:orange', 'head_aware': 'tab:red', 'full_batch': 'tab:green'}
+from ntk_time import summary as summary_lib  # noqa: E402  pylint: disable=g-import-not-at-top
+
+COLORS = {'sde': 'tab:blue', 'replay': 'tab:orange', 'head_aware': 'tab:red',
+          'full_batch': 'tab:green', 'nt_gradient_descent': 'tab:purple'}
+MARKERS = {'sde': 'o', 'replay': 's', 'head_aware': '^', 'full_batch': 'D',
+           'nt_gradient_descent': 'v'}
+TASK_COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:purple', 'tab:brown', 'tab:olive')
+Summary = summary_lib.Summary
 
 
 def _label(hp):
@@ -16,34 +23,81 @@ def _label(hp):
   return s + (f" wd={hp['weight_decay']:g}" if hp['weight_decay'] else '')
 
 
-def loss_curves(summary: dict, path: str, curve: str = 'train_loss') -> str:
-  """One panel per configuration: real runs (black) vs predictions with 5–95% bands."""
-  rows = summary['configs']
+def _save(fig, path: str) -> str:
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+  return path
+
+
+def _panel(ax, row: summary_lib.ConfigResult, curve: str, methods: list[str], band: str | None,
+           fontsize: int = 7) -> None:
+  """One configuration's real runs (black, each seed drawn up to a divergence,
+  marked ×) and the predictions of `methods`, `band`'s with its 5–95% band; the
+  methods that predict divergence are listed once. The y range is the real
+  data's (and the finite predictions')."""
+  steps = np.asarray(row.steps)
+  ys = []
+  for s, (real, stop) in enumerate(zip(row.real.curves[curve], row.real.diverged_at)):
+    real = np.asarray(real, float)
+    ok = np.isfinite(real)
+    ax.plot(steps[ok], real[ok], color='k', lw=1.2, alpha=0.8, label='real' if s == 0 else None)
+    ys += list(real[ok])
+    if stop is not None and ok.any():
+      last = np.flatnonzero(ok)[-1]
+      ax.plot(steps[last], real[last], 'kx', ms=7, mew=2,
+              label=f'real diverges (step {stop})')
+  diverging = []
+  for m in methods:
+    pred = row.predicted.get(m)
+    if pred is None:
+      continue
+    if pred.diverged:
+      diverging.append(m)
+      continue
+    c = pred.curves[curve]
+    ax.plot(steps, c.mean, color=COLORS.get(m), lw=1.1, label=m)
+    ys += list(np.asarray(c.mean)[np.isfinite(c.mean)])
+    if m == band:
+      ax.fill_between(steps, c.q05, c.q95, color=COLORS.get(m), alpha=0.25, lw=0)
+  if diverging:
+    ax.text(0.98, 0.97, 'predicted to diverge:\n' + '\n'.join(diverging), transform=ax.transAxes,
+            ha='right', va='top', fontsize=fontsize - 1,
+            bbox=dict(facecolor='white', alpha=0.8, lw=0.5))
+  if 'loss' in curve:
+    ax.set_yscale('log')
+  ys = [y for y in ys if y > 0 or 'loss' not in curve]
+  if ys:
+    lo, hi = min(ys), max(ys)
+    if 'loss' in curve:
+      ax.set_ylim(lo / 1.3, hi * 1.3)
+    else:
+      pad = 0.05 * max(hi - lo, 1e-3)
+      ax.set_ylim(lo - pad, hi + pad)
+  ax.tick_params(labelsize=fontsize - 1)
+
+
+def loss_curves(summary: Summary, path: str, curve: str = 'train_loss') -> str:
+  """One panel per configuration: real runs (black) vs every method's mean
+  prediction, the headline method with its 5–95% band."""
+  rows = summary.configs
   cols = min(4, len(rows))
   nrows = math.ceil(len(rows) / cols)
-  fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False,
-                           sharex=False)
+  fig, axes = plt.subplots(nrows, cols, figsize=(3.6 * cols, 2.8 * nrows), squeeze=False)
   for ax, row in zip(axes.flat, rows):
-    steps = np.asarray(row['steps'])
-    for s, real in enumerate(row['real']['curves'][curve]):
-      ax.plot(steps, real, color='k', lw=1.2, alpha=0.8, label='real' if s == 0 else None)
-    for method, pred in row['predicted'].items():
-      if pred['diverged']:
-        ax.text(0.5, 0.5, f'{method}: diverges', transform=ax.transAxes, ha='center')
-        continue
-      c = pred['curves'][curve]
-      ax.plot(steps, c['mean'], color=COLORS.get(method), lw=1.2, label=method)
-      ax.fill_between(steps, c['q05'], c['q95'], color=COLORS.get(method), alpha=0.25, lw=0)
-    if 'loss' in curve:
-      ax.set_yscale('log')
-    ax.set_title(_label(row['hparams']), fontsize=8)
+    _panel(ax, row, curve, summary.methods, summary.methods[0], fontsize=8)
+    ax.set_title(_label(row.hparams), fontsize=8)
     ax.set_xlabel('SGD step', fontsize=8)
-    ax.tick_params(labelsize=7)
   for ax in list(axes.flat)[len(rows):]:
     ax.axis('off')
-  axes.flat[0].legend(fontsize=7)
+  handles = {}
+  for ax in axes.flat:
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+      handles.setdefault(lab.split(' (step')[0], h)
+  fig.legend(list(handles.values()), list(handles), fontsize=7, loc='lower center',
+             ncol=len(handles), bbox_to_anchor=(0.5, 0.0))
   fig.suptitle(f'{curve.replace("_", " ")}: real vs predicted', fontsize=10)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
   fig.savefig(path, dpi=110)
   plt.close(fig)
   return path
@@ -68,22 +122,25 @@ def _predicted_vs_real_axes(ax, vals: list, definition: str) -> None:
   ax.set_ylabel(f'predicted {definition} (SGD steps)')
 
 
-def training_times(summary: dict, path: str, definition: str = 't_eps') -> str:
-  """Predicted vs real training time, log axes, with the ±20% band."""
+def _time(pred: summary_lib.Prediction, definition: str = 't_eps'):
+  return None if pred.diverged else pred.times[definition].value
+
+
+def training_times(summary: Summary, path: str, definition: str = 't_eps') -> str:
+  """Predicted vs real training time, log axes, with the ±20% band and 5–95% bars."""
   fig, ax = plt.subplots(figsize=(4.6, 4.2))
   vals = []
-  for method in summary['methods']:
+  for method in summary.methods:
     xs, ys, lo, hi = [], [], [], []
-    for row in summary['configs']:
-      real = row['real']['times'][definition]['mean']
-      pred = row['predicted'][method]
-      if real is None or pred['diverged'] or pred['times'][definition]['mean_curve'] is None:
+    for row in summary.configs:
+      real, t = row.real.times[definition].value, _time(row.predicted[method], definition)
+      if not real or not t:  # log axes: 0 or never cannot be drawn
         continue
-      t = pred['times'][definition]
+      pt = row.predicted[method].times[definition]
       xs.append(real)
-      ys.append(t['mean_curve'])
-      lo.append(t['q05'] if t['q05'] is not None else t['mean_curve'])
-      hi.append(t['q95'] if t['q95'] is not None else t['mean_curve'])
+      ys.append(t)
+      lo.append(pt.q05 if pt.q05 is not None else t)
+      hi.append(pt.q95 if pt.q95 is not None else t)
     if xs:
       ys_a = np.asarray(ys, float)
       err = np.clip([ys_a - np.asarray(lo, float), np.asarray(hi, float) - ys_a], 0, None)
@@ -93,17 +150,14 @@ def training_times(summary: dict, path: str, definition: str = 't_eps') -> str:
   _predicted_vs_real_axes(ax, vals, definition)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
-def costs(summary: dict, path: str) -> str:
+def costs(summary: Summary, path: str) -> str:
   """Seconds to predict the whole grid vs to fine-tune it."""
-  c = summary['costs']
+  c = summary.costs
   fig, ax = plt.subplots(figsize=(5.2, 3.0))
-  first = summary['methods'][0]
+  first = summary.methods[0]
   parts = [('kernel', c['kernel_seconds']), (f'{first} simulations', c[f'{first}_seconds']),
            ('step timing', c['step_timing_seconds'])]
   left = 0.0
@@ -114,31 +168,21 @@ def costs(summary: dict, path: str) -> str:
   ax.set_yticks([0, 1], ['train grid', 'predict grid'])
   ax.set_xlabel('seconds')
   ax.set_title(f"prediction is {c['ratio']:.1f}× cheaper than training "
-               f"({len(summary['configs'])} configurations)", fontsize=9)
+               f"({len(summary.configs)} configurations)", fontsize=9)
   ax.legend(fontsize=7, loc='lower right')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
-def all_figures(summary: dict, workdir: str) -> list[str]:
+def all_figures(summary: Summary, workdir: str) -> list[str]:
   return [loss_curves(summary, os.path.join(workdir, 'loss_curves.png')),
           training_times(summary, os.path.join(workdir, 'training_times.png')),
           costs(summary, os.path.join(workdir, 'costs.png'))]
 
 
-# Figures across several compare summaries (the experiments/fig_*.py scripts).
-
-TASK_COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:purple', 'tab:brown', 'tab:olive')
-MARKERS = {'sde': 'o', 'replay': 's', 'head_aware': '^', 'full_batch': 'D'}
+# Figures across several summaries (the experiments/fig_*.py scripts).
 
 
-def _mean_time(pred: dict, definition: str = 't_eps'):
-  return None if pred['diverged'] else pred['times'][definition]['mean_curve']
-
-
-def curves_grid(summaries: dict[str, dict], show: list[int], path: str) -> str:
+def curves_grid(summaries: dict[str, Summary], show: list[int], path: str) -> str:
   """Rows: each task's training loss and accuracy; columns: the grid points `show`.
 
   Real runs in black (one line per seed); each method's mean, with the 5–95%
@@ -149,46 +193,28 @@ def curves_grid(summaries: dict[str, dict], show: list[int], path: str) -> str:
                            figsize=(3.2 * len(show), 2.3 * 2 * len(names)))
   for t, name in enumerate(names):
     s = summaries[name]
-    first = s['methods'][0]
     for col, i in enumerate(show):
-      row = s['configs'][i]
-      steps = np.asarray(row['steps'])
+      row = s.configs[i]
       for k, curve in enumerate(('train_loss', 'train_acc')):
         ax = axes[2 * t + k, col]
-        for seed, real in enumerate(row['real']['curves'][curve]):
-          ax.plot(steps, real, color='k', lw=1.2, label='real' if seed == 0 else None)
-        for m, pred in row['predicted'].items():
-          if pred['diverged']:
-            ax.text(0.5, 0.5 - 0.1 * s['methods'].index(m), f'{m}: diverges',
-                    transform=ax.transAxes, ha='center', fontsize=7)
-            continue
-          c = pred['curves'][curve]
-          ax.plot(steps, c['mean'], color=COLORS.get(m), lw=1.1, label=m)
-          if m == first:
-            ax.fill_between(steps, c['q05'], c['q95'], color=COLORS.get(m), alpha=0.25, lw=0)
+        _panel(ax, row, curve, s.methods, s.methods[0])
         if curve == 'train_loss':
-          ax.set_yscale('log')
-          ax.set_title(f'{name}: {_label(row["hparams"])}', fontsize=7)
+          ax.set_title(f'{name}: {_label(row.hparams)}', fontsize=7)
         ax.set_ylabel(curve.replace('_', ' '), fontsize=7)
-        ax.tick_params(labelsize=6)
   axes[0, 0].legend(fontsize=6)
   axes[-1, 0].set_xlabel('SGD step', fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
-def times_by_task(summaries: dict[str, dict], path: str, definition: str = 't_eps') -> str:
+def times_by_task(summaries: dict[str, Summary], path: str, definition: str = 't_eps') -> str:
   """Predicted vs real training time, one colour per task, one marker per method, ±20%."""
   fig, ax = plt.subplots(figsize=(5.0, 4.6))
   vals = []
   for color, (name, s) in zip(TASK_COLORS * 10, summaries.items()):
-    for j, m in enumerate(s['methods']):
-      pts = [(row['real']['times'][definition]['mean'], _mean_time(row['predicted'][m], definition))
-             for row in s['configs']]
-      # Log axes: a time of 0 (converged from the start) cannot be drawn.
-      pts = [(x, y) for x, y in pts if x and y]
+    for j, m in enumerate(s.methods):
+      pts = [(row.real.times[definition].value, _time(row.predicted[m], definition))
+             for row in s.configs]
+      pts = [(x, y) for x, y in pts if x and y]  # log axes: 0 or never cannot be drawn
       if not pts:
         continue
       xs, ys = zip(*pts)
@@ -198,49 +224,42 @@ def times_by_task(summaries: dict[str, dict], path: str, definition: str = 't_ep
   _predicted_vs_real_axes(ax, vals, definition)
   if ax.get_legend_handles_labels()[0]:
     ax.legend(fontsize=6, loc='upper left')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
-def effective_lr(summary: dict, path: str) -> str:
+def effective_lr(summary: Summary, path: str) -> str:
   """T_eps against η̃ = η/(1−m): real (black) and the first method, one marker per momentum."""
-  first = summary['methods'][0]
+  first = summary.methods[0]
   fig, ax = plt.subplots(figsize=(5.0, 3.8))
-  momenta = sorted({row['hparams']['momentum'] for row in summary['configs']})
+  momenta = sorted({row.hparams['momentum'] for row in summary.configs})
   markers = ('o', 's', '^', 'D', 'v')
+  nan = lambda v: np.nan if v is None else v
   for k, m in enumerate(momenta):
-    rows = [r for r in summary['configs'] if r['hparams']['momentum'] == m]
-    eff = [r['hparams']['lr'] / (1 - m) for r in rows]
-    real = [r['real']['times']['t_eps']['mean'] for r in rows]
-    pred = [_mean_time(r['predicted'][first]) for r in rows]
+    rows = [r for r in summary.configs if r.hparams['momentum'] == m]
+    eff = [r.hparams['lr'] / (1 - m) for r in rows]
     mk = markers[k % len(markers)]
-    ax.scatter(eff, [np.nan if v is None else v for v in real], marker=mk, color='k',
+    ax.scatter(eff, [nan(r.real.times['t_eps'].value) for r in rows], marker=mk, color='k',
                label=f'real, m={m:g}')
-    ax.scatter(eff, [np.nan if v is None else v for v in pred], marker=mk, facecolors='none',
+    ax.scatter(eff, [nan(_time(r.predicted[first])) for r in rows], marker=mk, facecolors='none',
                edgecolors=COLORS.get(first), s=60, label=f'{first}, m={m:g}')
   ax.set_xscale('log')
   ax.set_xlabel('effective learning rate η/(1−m)')
   ax.set_ylabel('T_eps (SGD steps)')
   ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
-def batch_size(summary: dict, path: str) -> str:
+def batch_size(summary: Summary, path: str) -> str:
   """T_eps and its error against the batch size: real, and every method (SDE vs ODE)."""
-  rows = sorted(summary['configs'], key=lambda r: r['hparams']['batch_size'])
-  b = [r['hparams']['batch_size'] for r in rows]
+  rows = sorted(summary.configs, key=lambda r: r.hparams['batch_size'])
+  b = [r.hparams['batch_size'] for r in rows]
+  nan = lambda v: np.nan if v is None else v
   fig, (ax, ax_err) = plt.subplots(1, 2, figsize=(8.4, 3.4))
-  ax.plot(b, [r['real']['times']['t_eps']['mean'] for r in rows], 'k-o', label='real')
-  for m in summary['methods']:
-    t = [_mean_time(r['predicted'][m]) for r in rows]
-    ax.plot(b, [np.nan if v is None else v for v in t], '-' + MARKERS.get(m, 'o'),
+  ax.plot(b, [nan(r.real.times['t_eps'].value) for r in rows], 'k-o', label='real')
+  for m in summary.methods:
+    ax.plot(b, [nan(_time(r.predicted[m])) for r in rows], '-' + MARKERS.get(m, 'o'),
             color=COLORS.get(m), label=m)
-    err = [r['errors'][m].get('t_eps') for r in rows]
+    err = [r.errors[m]['t_eps'].value for r in rows]
     ax_err.plot(b, [np.nan if v is None else 100 * v for v in err], '-' + MARKERS.get(m, 'o'),
                 color=COLORS.get(m), label=m)
   for a in (ax, ax_err):
@@ -250,10 +269,7 @@ def batch_size(summary: dict, path: str) -> str:
   ax.set_ylabel('T_eps (SGD steps)')
   ax_err.set_ylabel('|T̂ − T| / T (%)')
   ax_err.axhline(20, color='gray', lw=0.8, ls='--')
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def subset(summary: dict, path: str) -> str:
@@ -279,7 +295,4 @@ def subset(summary: dict, path: str) -> str:
   ax_s.set_xlabel('mode k')
   ax_s.set_ylabel('λ_k / M')
   ax_s.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  return _save(fig, path)

@@ -47,6 +47,26 @@ def digits_source():
   return data.load_source('digits')
 
 
+@pytest.fixture(scope='session')
+def smoke_checkpoint(tmp_path_factory):
+  """The smoke config's pretrained checkpoint, made once for every end-to-end test."""
+  from ntk_time import pretrain  # pylint: disable=g-import-not-at-top
+  from ntk_time.configs import smoke  # pylint: disable=g-import-not-at-top
+  # <root>/pretrain/checkpoint.msgpack: <root> is also a workdir where it is found as made.
+  root = tmp_path_factory.mktemp('smoke')
+  path, _ = pretrain.from_config(smoke.get_config(), str(root / 'pretrain'), progress=False)
+  return path
+
+
+@pytest.fixture
+def smoke_config(smoke_checkpoint):
+  """A fresh smoke config that starts from the shared smoke checkpoint."""
+  from ntk_time.configs import smoke  # pylint: disable=g-import-not-at-top
+  config = smoke.get_config()
+  config.pretrain.checkpoint = smoke_checkpoint
+  return config
+
+
 def _without_timings(obj):
   """A summary without what depends on the machine's speed (seconds, cost ratios, figures)."""
   if isinstance(obj, dict):

@@ -6,84 +6,112 @@ import os
 import numpy as np
 import pytest
 
-from experiments import compare
 from ntk_time import checkpoint
 from ntk_time import models
+from ntk_time import pipeline
 from ntk_time import pretrain
+from ntk_time import summary as summary_lib
 from ntk_time.configs import smoke
 
 
 @pytest.fixture(scope='module')
-def smoke_run(tmp_path_factory):
+def smoke_run(tmp_path_factory, smoke_checkpoint):
   workdir = str(tmp_path_factory.mktemp('compare'))
-  return workdir, compare.run(smoke.get_config(), workdir, progress=False)
+  config = smoke.get_config()
+  config.pretrain.checkpoint = smoke_checkpoint
+  return workdir, pipeline.run(config, workdir, progress=False)
 
 
 def test_compare_writes_summary_csv_and_figures(smoke_run):
   workdir, summary = smoke_run
   for f in ('summary.json', 'summary.csv', 'loss_curves.png', 'training_times.png', 'costs.png',
-            'kernel.npz', 'pretrain/checkpoint.msgpack'):
+            'kernel.npz'):
     assert os.path.exists(os.path.join(workdir, f)), f
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    on_disk = json.load(f)
-  assert len(on_disk['configs']) == 4
-  row = on_disk['configs'][0]
-  assert set(row['predicted']) == {'sde', 'replay', 'head_aware'}
-  assert len(row['real']['curves']['train_loss'][0]) == len(row['steps'])
-  assert row['real']['kernel_drift'] > 0
-  assert on_disk['costs']['train_seconds'] > 0 and on_disk['costs']['kernel_seconds'] > 0
+  on_disk = summary_lib.Summary.read(workdir)
+  assert on_disk.to_json() == summary.to_json()
+  assert len(on_disk.configs) == 4
+  row = on_disk.configs[0]
+  assert set(row.predicted) == {'sde', 'replay', 'head_aware', 'full_batch'} | (
+      {'nt_gradient_descent'} if 'nt_gradient_descent' in on_disk.baselines else set())
+  assert set(row.errors) == set(on_disk.predictors)
+  assert set(on_disk.baselines) >= {'full_batch', 'best_constant', 'horizon_fraction'}
+  assert len(row.real.curves['train_loss'][0]) == len(row.steps)
+  assert row.real.kernel_drift > 0
+  assert on_disk.costs['train_seconds'] > 0 and on_disk.costs['kernel_seconds'] > 0
   with open(os.path.join(workdir, 'summary.csv')) as f:
     assert len(f.read().strip().splitlines()) == 5
+  text = pipeline.format_table(on_disk)
+  for p in on_disk.predictors:
+    assert p in text
+  assert 'real seed-to-seed spread' in text
+
+
+def test_summary_errors_follow_from_the_times_it_holds(smoke_run):
+  """Every stored error is times.error of the stored predicted and real times."""
+  from ntk_time import times  # pylint: disable=g-import-not-at-top
+  _, s = smoke_run
+  for r in s.configs:
+    for m, pred in r.predicted.items():
+      for d in s.definitions:
+        want = times.error(None if pred.diverged else pred.times[d].value,
+                           r.real.times[d].value, r.horizon, predicted_diverged=pred.diverged,
+                           real_diverged=r.real.diverged)
+        assert r.errors[m][d] == want, (r.name, m, d)
+    for d in s.definitions:
+      assert r.errors['horizon_fraction'][d] == times.error(0.5 * r.horizon,
+                                                            r.real.times[d].value, r.horizon)
 
 
 def test_replay_of_real_orders_tracks_the_real_run(smoke_run):
   """The exact simulator on the real batch order starts where the real run starts."""
   _, summary = smoke_run
-  for row in summary['configs']:
-    real = np.asarray(row['real']['curves']['train_loss'][0])
-    pred = row['predicted']['replay']['curves']['train_loss']['mean']
-    assert real[0] == pytest.approx(pred[0], rel=1e-4)
-    # A few small steps on a tiny net: the linearisation is still close.
+  for row in summary.configs:
+    real = np.asarray(row.real.curves['train_loss'][0])
+    pred = row.predicted['replay'].curves['train_loss'].mean
+    assert real[0] == pytest.approx(pred[0], rel=1e-5)
+    # Six steps at lr 0.05 on a tiny net: the linearisation is close but not exact.
     np.testing.assert_allclose(pred, real, rtol=0.05)
 
 
 def test_compare_rerun_reuses_everything(smoke_run):
   workdir, first = smoke_run
   mtimes = {f: os.path.getmtime(os.path.join(workdir, f)) for f in
-            ('kernel.npz', 'pretrain/checkpoint.msgpack', 'predictions.json',
-             'runs/lr0.05_B6_m0_wd0_s0/run.json')}
-  again = compare.run(smoke.get_config(), workdir, progress=False)
+            ('kernel.npz', 'predictions.json', 'runs/lr0.05_B6_m0_wd0_s0/run.json')}
+  config = smoke.get_config()
+  config.pretrain.checkpoint = first.config['pretrain']['checkpoint']
+  again = pipeline.run(config, workdir, progress=False)
   for f, t in mtimes.items():
     assert os.path.getmtime(os.path.join(workdir, f)) == t, f
-  for a, b in zip(first['configs'], again['configs']):
-    assert a['real']['times'] == b['real']['times']
-    np.testing.assert_array_equal(a['predicted']['sde']['curves']['train_loss']['mean'],
-                                  b['predicted']['sde']['curves']['train_loss']['mean'])
+  for a, b in zip(first.configs, again.configs):
+    assert a.real.times == b.real.times
+    np.testing.assert_array_equal(a.predicted['sde'].curves['train_loss'].mean,
+                                  b.predicted['sde'].curves['train_loss'].mean)
 
 
 def test_same_seed_same_numbers_and_one_config_per_workdir(smoke_run, tmp_path, without_timings):
   """A fresh smoke compare (pretraining included) reproduces the first exactly."""
   workdir, first = smoke_run
   fresh = str(tmp_path / 'fresh')
-  compare.run(smoke.get_config(), fresh, progress=False)
+  pipeline.run(smoke.get_config(), fresh, progress=False)
   a, b = (json.load(open(os.path.join(w, 'summary.json'))) for w in (workdir, fresh))
+  for s in (a, b):  # the shared checkpoint against the fresh run's own, the same weights
+    del s['config']['pretrain']['checkpoint']
   assert without_timings(a) == without_timings(b)
 
   other = smoke.get_config()
   other.finetune.lr = (0.02,)
   with pytest.raises(ValueError, match=r'another config \(finetune.lr: \[0.05\] there, '
                      r'\[0.02\] here\).*--overwrite'):
-    compare.run(other, fresh, progress=False)
-  summary = compare.run(other, fresh, progress=False, overwrite=True)
-  assert [r['name'] for r in summary['configs']][0].startswith('lr0.02')
+    pipeline.run(other, fresh, progress=False)
+  summary = pipeline.run(other, fresh, progress=False, overwrite=True)
+  assert summary.configs[0].name.startswith('lr0.02')
   assert sorted(os.listdir(os.path.join(fresh, 'runs'))) == sorted(
-      f"{r['name']}_s0" for r in summary['configs'])  # nothing left of the old config
+      f'{r.name}_s0' for r in summary.configs)  # nothing left of the old config
 
 
-def test_user_checkpoint_goes_through_the_same_path(smoke_run, tmp_path):
-  workdir, _ = smoke_run
+def test_user_checkpoint_goes_through_the_same_path(smoke_checkpoint, tmp_path):
   config = smoke.get_config()
-  config.pretrain.checkpoint = os.path.join(workdir, 'pretrain', 'checkpoint.msgpack')
+  config.pretrain.checkpoint = smoke_checkpoint
   path, meta = pretrain.from_config(config, str(tmp_path / 'unused'))
   assert path == config.pretrain.checkpoint and 'train_acc' in meta
   wrong = models.create_model('ResNetTiny', 4, num_filters=4)
@@ -110,10 +138,10 @@ NOTEBOOKS = {'quickstart': ['predicted T_eps', 'real T_eps'],
 
 
 @pytest.mark.parametrize('name', sorted(NOTEBOOKS))
-def test_notebook_executes(smoke_run, name):
+def test_notebook_executes(smoke_checkpoint, name):
   nbformat = pytest.importorskip('nbformat')
   nbclient = pytest.importorskip('nbclient')
-  workdir, _ = smoke_run
+  workdir = os.path.dirname(os.path.dirname(smoke_checkpoint))
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'notebooks',
                       f'{name}.ipynb')
   nb = nbformat.read(path, as_version=4)
@@ -132,9 +160,11 @@ def test_notebook_executes(smoke_run, name):
 def test_finetune_script_matches_the_compare_run(smoke_run, tmp_path):
   from experiments import finetune as finetune_script  # pylint: disable=g-import-not-at-top
   workdir, summary = smoke_run
-  result = finetune_script.run(smoke.get_config(), workdir, index=1, seed=0, progress=False)
+  config = smoke.get_config()
+  config.pretrain.checkpoint = summary.config['pretrain']['checkpoint']
+  result = finetune_script.run(config, workdir, index=1, seed=0, progress=False)
   np.testing.assert_array_equal(result['curves'].train_loss,
-                                summary['configs'][1]['real']['curves']['train_loss'][0])
+                                summary.configs[1].real.curves['train_loss'][0])
   with pytest.raises(ValueError, match='--index=9 is outside the grid of 4'):
     finetune_script.run(smoke.get_config(), workdir, index=9)
 
@@ -151,16 +181,18 @@ def test_predict_script_without_training_and_on_two_processes(smoke_run, tmp_pat
   import socket  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from experiments import predict as predict_script  # pylint: disable=g-import-not-at-top
   _, compared = smoke_run
   alone = str(tmp_path / 'alone')
-  ranking = predict_script.run(smoke.get_config(), alone, progress=False)
+  config = smoke.get_config()
+  config.pretrain.checkpoint = compared.config['pretrain']['checkpoint']
+  ranking = pipeline.ranking(config, alone, progress=False)
   assert not os.path.exists(os.path.join(alone, 'runs'))
   assert ranking == json.load(open(os.path.join(alone, 'ranking.json')))
-  for row in compared['configs']:
-    mine = next(r for r in ranking['configs'] if r['name'] == row['name'])
+  for row in compared.configs:
+    mine = next(r for r in ranking['configs'] if r['name'] == row.name)
     for m in ranking['methods']:
-      assert mine['predicted'][m]['times'] == row['predicted'][m]['times'], (row['name'], m)
+      assert mine['predicted'][m]['times'] == {
+          d: t.to_json() for d, t in row.predicted[m].times.items()}, (row.name, m)
 
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   shared = str(tmp_path / 'two')
@@ -171,7 +203,7 @@ def test_predict_script_without_training_and_on_two_processes(smoke_run, tmp_pat
              XLA_FLAGS='--xla_force_host_platform_device_count=2')
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'experiments.predict', '--config', 'ntk_time/configs/smoke.py',
-       '--workdir', shared, '--distributed', f'--coordinator_address=localhost:{port}',
+       f'--config.pretrain.checkpoint={config.pretrain.checkpoint}', '--workdir', shared, '--distributed', f'--coordinator_address=localhost:{port}',
        '--num_processes=2', f'--process_id={i}'], cwd=root, env=env, stdout=subprocess.PIPE,
       stderr=subprocess.STDOUT, text=True) for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]

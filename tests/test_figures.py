@@ -9,10 +9,17 @@ from experiments import fig_batch_size
 from experiments import fig_curves
 from experiments import fig_effective_lr
 from experiments import fig_times
+from ntk_time import summary as summary_lib
 from ntk_time.configs import fig_batch_size as fig_batch_size_config
 from ntk_time.configs import fig_curves as fig_curves_config
 from ntk_time.configs import fig_effective_lr as fig_effective_lr_config
 from ntk_time.configs import fig_times as fig_times_config
+
+
+def _from(config, checkpoint):
+  for e in config.experiments.values():
+    e.pretrain.checkpoint = checkpoint
+  return config
 
 
 @pytest.fixture(scope='module')
@@ -31,7 +38,13 @@ def test_fig_times(times_run):
   workdir, numbers = times_run
   on_disk = _written(numbers, workdir)
   assert set(on_disk['t_eps_errors']) == {'digits567', 'digits789', 'digits567_6px'}
-  assert len(numbers['table']) == 2 + 3 * 3  # header, then 3 targets × 3 methods
+  summaries = {n: summary_lib.Summary.read(os.path.join(workdir, n)) for n in on_disk['t_eps_errors']}
+  # header, then per target every method and every baseline
+  assert len(numbers['table']) == 2 + sum(len(s.predictors) for s in summaries.values())
+  for name, s in summaries.items():
+    for p in s.predictors:
+      assert [x[p] for x in on_disk['t_eps_errors'][name]] == [
+          r.errors[p]['t_eps'].value for r in s.configs]
   # The three targets share the first one's pretraining.
   assert os.path.exists(os.path.join(workdir, 'digits567', 'pretrain', 'checkpoint.msgpack'))
   assert not os.path.exists(os.path.join(workdir, 'digits789', 'pretrain', 'checkpoint.msgpack'))
@@ -51,17 +64,17 @@ def test_fig_curves_reuses_the_fig_times_workdir(times_run):
     fig_curves.run(bad, workdir, progress=False)
 
 
-def test_fig_effective_lr(tmp_path):
-  numbers = fig_effective_lr.run(fig_effective_lr_config.get_config('smoke'), str(tmp_path),
-                                 progress=False)
+def test_fig_effective_lr(tmp_path, smoke_checkpoint):
+  numbers = fig_effective_lr.run(_from(fig_effective_lr_config.get_config('smoke'),
+                                       smoke_checkpoint), str(tmp_path), progress=False)
   [group] = _written(numbers, str(tmp_path))['groups']  # 0.05/(1-0) == 0.02/(1-0.6)
   assert group['effective_lr'] == pytest.approx(0.05)
   assert {m['name'].split('_')[0] for m in group['members']} == {'lr0.05', 'lr0.02'}
 
 
-def test_fig_batch_size(tmp_path):
-  numbers = fig_batch_size.run(fig_batch_size_config.get_config('smoke'), str(tmp_path),
-                               progress=False)
+def test_fig_batch_size(tmp_path, smoke_checkpoint):
+  numbers = fig_batch_size.run(_from(fig_batch_size_config.get_config('smoke'),
+                                     smoke_checkpoint), str(tmp_path), progress=False)
   points = _written(numbers, str(tmp_path))['points']
   assert [p['batch_size'] for p in points] == [3, 6, 24]
   # At B = N the SDE has no noise: it is the ODE, to float precision.
@@ -69,10 +82,12 @@ def test_fig_batch_size(tmp_path):
   assert full['sde_t_eps'] == full['full_batch_t_eps']
 
 
-def test_subset_experiment(tmp_path):
-  from experiments import subset as subset_script  # pylint: disable=g-import-not-at-top
+def test_subset_experiment(tmp_path, smoke_checkpoint):
+  from ntk_time import pipeline  # pylint: disable=g-import-not-at-top
   from ntk_time.configs import subset as subset_config  # pylint: disable=g-import-not-at-top
-  numbers = subset_script.run(subset_config.get_config('smoke'), str(tmp_path), progress=False)
+  config = subset_config.get_config('smoke')
+  config.experiment.pretrain.checkpoint = smoke_checkpoint
+  numbers = pipeline.run_subset(config, str(tmp_path), progress=False)
   errors = _written(numbers, str(tmp_path))['errors']
   assert [(e['run'].split('_')[0], e['m']) for e in errors] == [
       ('cross', 6), ('cross', 12), ('mse', 6), ('mse', 12)]
@@ -84,7 +99,7 @@ def test_subset_experiment(tmp_path):
   bad.sizes = (6, 48)
   with pytest.raises(ValueError, match=r'sizes=\[6, 48\] has a subset larger than '
                      'target.n_train=24'):
-    subset_script.run(bad, str(tmp_path / 'bad'), progress=False)
+    pipeline.run_subset(bad, str(tmp_path / 'bad'), progress=False)
 
 
 def test_bench_runs_on_tiny_sizes():

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ntk_time import checkpoint
-from ntk_time import configs
+from ntk_time import checks
 from ntk_time import data
 from ntk_time import finetune
 from ntk_time import models
@@ -54,7 +54,11 @@ CONFIG_CASES = [
     ('finetune.optimizer', 'adam', ValueError, "unknown config field finetune.optimizer='adam'"),
     ('predict.eps', 0.0, ValueError, 'eps=0.0'),
     ('predict.eps', -0.1, ValueError, 'eps=-0.1'),
-    ('predict.target_acc', 1.5, ValueError, 'target_acc must be in .* got 1.5'),
+    ('predict.levels', (2.0, 1.0), ValueError, r'predict.levels must be .* got \(2.0, 1.0\)'),
+    ('predict.levels', (), ValueError, r'predict.levels must be .* got \(\)'),
+    ('predict.eps_acc', 0.0, ValueError, 'predict.eps_acc=0.0'),
+    ('predict.horizon_fraction', 1.5, ValueError, 'predict.horizon_fraction must be in .* got 1.5'),
+    ('predict.methods', ('sde', 'exact'), ValueError, r"predict.methods must be .* \('sde', 'exact'\)"),
     ('predict.dtype', 'float16', ValueError, "'float16'"),
     ('predict.num_paths', 0, ValueError, 'predict.num_paths=0'),
     ('predict.dt', 4, ValueError, 'predict.dt=4 must divide finetune.eval_every=2'),
@@ -77,13 +81,13 @@ def test_bad_config_is_refused_before_any_work(field, value, error, match):
   config = smoke.get_config()
   _set(config, field, value)
   with pytest.raises(error, match=match):
-    configs.check(config)
+    checks.check(config)
 
 
 def test_smoke_and_shipped_configs_pass_the_check():
   from ntk_time.configs import default, digits, fashion14  # pylint: disable=g-import-not-at-top
   for module in (smoke, default, digits, fashion14):
-    assert configs.check(module.get_config())
+    assert checks.check(module.get_config())
 
 
 # Known only once the data are loaded: checked by data.make_task, before pretraining.
@@ -96,11 +100,11 @@ TASK_CASES = [
 
 @pytest.mark.parametrize('override, match', TASK_CASES)
 def test_bad_task_is_refused_before_pretraining(override, match, tmp_path):
-  from experiments import compare  # pylint: disable=g-import-not-at-top
+  from ntk_time import pipeline  # pylint: disable=g-import-not-at-top
   config = smoke.get_config()
   config.target.update(override)
   with pytest.raises(ValueError, match=match):
-    compare.run(config, str(tmp_path), progress=False)
+    pipeline.run(config, str(tmp_path), progress=False)
   assert not os.path.exists(tmp_path / 'pretrain' / 'checkpoint.msgpack')
 
 
@@ -206,19 +210,21 @@ def test_stale_progress_of_another_run_is_not_resumed(tmp_path, linear_task):
   np.testing.assert_array_equal(again['curves'].train_loss, clean['curves'].train_loss)
 
 
-def _compare_cmd(workdir):
+def _compare_cmd(workdir, checkpoint):
   return [sys.executable, '-m', 'experiments.compare', '--config', 'ntk_time/configs/smoke.py',
-          '--workdir', workdir, '--config.finetune.steps=240', '--config.finetune.eval_every=10',
+          '--workdir', workdir, f'--config.pretrain.checkpoint={checkpoint}', '--config.finetune.steps=240', '--config.finetune.eval_every=10',
           '--config.finetune.checkpoint_every=10', '--config.finetune.batch_size=(6,)']
 
 
-def test_killed_compare_resumes_to_the_same_summary(tmp_path, without_timings):
+def test_killed_compare_resumes_to_the_same_summary(tmp_path, without_timings, smoke_checkpoint):
   """SIGKILL mid-way through a real run, rerun: the summary of an uninterrupted run."""
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   reference, killed = str(tmp_path / 'reference'), str(tmp_path / 'killed')
-  subprocess.run(_compare_cmd(reference), cwd=ROOT, env=env, check=True, capture_output=True)
+  subprocess.run(_compare_cmd(reference, smoke_checkpoint), cwd=ROOT, env=env, check=True,
+                 capture_output=True)
 
-  proc = subprocess.Popen(_compare_cmd(killed), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+  proc = subprocess.Popen(_compare_cmd(killed, smoke_checkpoint), cwd=ROOT, env=env,
+                          stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
   runs = os.path.join(killed, 'runs')
   try:
@@ -248,7 +254,8 @@ def test_killed_compare_resumes_to_the_same_summary(tmp_path, without_timings):
       elif name.endswith('.msgpack'):
         with open(path, 'rb') as f:
           flax.serialization.msgpack_restore(f.read())
-  subprocess.run(_compare_cmd(killed), cwd=ROOT, env=env, check=True, capture_output=True)
+  subprocess.run(_compare_cmd(killed, smoke_checkpoint), cwd=ROOT, env=env, check=True,
+                 capture_output=True)
 
   with open(os.path.join(reference, 'summary.json')) as f:
     a = json.load(f)

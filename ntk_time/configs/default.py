@@ -59,7 +59,11 @@ def get_config() -> mlc.ConfigDict:
       methods=('sde', 'replay', 'head_aware'),
       num_paths=16, dt=1,  # SDE paths, Euler–Maruyama step in SGD steps
       eps=0.05,            # T_eps tolerance on the training loss
-      target_loss=0.3,     # "steps to reach a target loss"
-      eps_acc=0.01, target_acc=0.85,
+      eps_acc=0.01,        # and on the training accuracy
+      # Horizon-free times: the first step with L <= L0/f and with training error
+      # <= (1 - acc0)/f, for each f.
+      levels=(2.0, 4.0, 8.0),
+      # The trivial baseline "a constant fraction of the horizon".
+      horizon_fraction=0.5,
       dtype='float32'))
   return c

@@ -14,5 +14,4 @@ def get_config():
   c.target.update(source='digits', image_size=28, classes=(0, 1, 2, 3, 4), n_train=500, n_test=147,
                   seed=1)
   c.finetune.seeds = 2
-  c.predict.target_loss = 0.1
   return c

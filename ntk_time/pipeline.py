@@ -1,0 +1,728 @@
+"""Predicted vs real fine-tuning over a grid: the whole comparison, with its caches.
+
+  summary = pipeline.run(config, workdir)      # kernel, predictions, real runs, errors
+  pr = pipeline.predicted(config, workdir)     # everything before the real runs
+
+`run` computes the kernel once, predicts every configuration with each of
+`config.predict.methods` (the first is the headline) and with the simulated
+baselines ('full_batch', and 'nt_gradient_descent' where neural-tangents
+imports), fine-tunes every configuration for real with the same batch orders,
+and measures every predictor — the trivial ones too: the best constant in
+hindsight and a constant fraction of the horizon — on every definition of
+times.py. It writes summary.json (summary.Summary), summary.csv and the
+figures to the workdir.
+
+A workdir belongs to one config. Rerunning in it skips every finished stage
+(pretraining, kernel, predictions, real runs) and resumes an interrupted real
+run from its last saved state, with the same numbers as an uninterrupted run.
+"""
+
+import copy
+import dataclasses
+import os
+import shutil
+import tempfile
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from ntk_time import checks
+from ntk_time import compat
+from ntk_time import data
+from ntk_time import finetune
+from ntk_time import models
+from ntk_time import ntk
+from ntk_time import plots
+from ntk_time import predict
+from ntk_time import sgd
+from ntk_time import subset
+from ntk_time import summary as summary_lib
+from ntk_time import times as times_lib
+from ntk_time import workdir as wd
+
+# Baselines beside every method: simulated ones (full_batch: the deterministic ODE
+# limit; nt_gradient_descent: the anchor library's gradient flow), then the trivial ones.
+SIMULATED_BASELINES = ('full_batch', 'nt_gradient_descent')
+TRIVIAL_BASELINES = ('best_constant', 'horizon_fraction')
+
+
+def config_name(hp: sgd.SGD) -> str:
+  return f'lr{hp.lr:g}_B{hp.batch_size}_m{hp.momentum:g}_wd{hp.weight_decay:g}'
+
+
+def baselines(methods) -> list[str]:
+  """The baselines of a run comparing `methods`: the simulated ones not among the
+  methods (nt_gradient_descent only where neural-tangents imports), then the trivial."""
+  sim = [b for b in SIMULATED_BASELINES if b not in methods
+         and (b != 'nt_gradient_descent' or ntk.nt_available())]
+  return sim + list(TRIVIAL_BASELINES)
+
+
+def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pred_hash, reuse,
+                 simulated):
+  """Every simulated predictor's predictions, reused from `path` if made for
+  `pred_hash` (and `reuse`); returned as read back from JSON, so that a first
+  run and a rerun compute the summary from the same numbers."""
+  if not (reuse and os.path.exists(path) and wd.read_json(path).get('config_hash') == pred_hash):
+    ft, pc = config.finetune, config.predict
+    dtype = np.float64 if pc.dtype == 'float64' else np.float32
+    common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
+    per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt),
+                  'replay': dict(orders=orders), 'head_aware': dict(orders=orders)}
+    with compat.enable_x64(pc.dtype == 'float64'):
+      preds = {m: [p.to_json() for p in predict.predict(
+          lin, task.y_train, task.y_test, configs, method=m, **per_method.get(m, {}), **common)]
+               for m in simulated}
+    wd.write_json(path, {'config_hash': pred_hash, **preds})
+  preds = wd.read_json(path)
+  del preds['config_hash']
+  return {m: [summary_lib.Prediction.from_json(p) for p in ps] for m, ps in preds.items()}
+
+
+def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test, kernel_cfg,
+                  features_fn=None, progress: bool = True, reuse: bool = True
+                  ) -> ntk.Linearization:
+  """ntk.linearize with the settings of a `kernel` config block, reused from `path`
+  (an npz) when it was written for `kernel_hash` (and `reuse`)."""
+  cached = wd.load_if_hash(path, kernel_hash) if reuse else None
+  if cached is not None:
+    return ntk.Linearization(**{k: v for k, v in cached.items() if k != 'config_hash'})
+  k = kernel_cfg
+  lin = ntk.linearize(apply_fn, params, x_train, x_test, implementation=k.implementation,
+                      traced=k.traced, block_size=k.block_size, memory_gb=k.memory_gb,
+                      features_fn=features_fn, sketch_dim=k.sketch_dim,
+                      sketch_key=jax.random.key(k.sketch_seed), progress=progress)
+  wd.write_npz(path, config_hash=kernel_hash, **lin.arrays())
+  return lin
+
+
+def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_sub, drift_x,
+             progress):
+  """One real fine-tuning run (reused if finished, resumed if interrupted), with its
+  kernel drift (None after a divergence). Returns (run.json's dict, curves)."""
+  done = os.path.join(run_dir, 'run.json')
+  if os.path.exists(done) and wd.read_json(done).get('config_hash') == run_hash:
+    return wd.read_json(done), wd.read_npz(os.path.join(run_dir, 'curves.npz'))
+  ft = config.finetune
+  result = finetune.finetune(apply_fn, params, task, hp, order, loss=ft.loss,
+                             eval_every=ft.eval_every, workdir=run_dir,
+                             checkpoint_every=ft.checkpoint_every, progress=progress)
+  run = wd.read_json(done)
+  if k0_sub is not None and result['diverged_at'] is None:
+    # Θ on a fixed subset at the real final weights vs at w0 (DESIGN §3.5).
+    k1_sub, _ = ntk.empirical_ntk(apply_fn, result['params'], drift_x,
+                                  block_size=config.kernel.block_size)
+    run['kernel_drift'] = ntk.relative_drift(k0_sub, k1_sub)
+  run['config_hash'] = run_hash
+  wd.write_json(done, run)
+  return run, wd.read_npz(os.path.join(run_dir, 'curves.npz'))
+
+
+def real_results(curves_per_seed: list[dict], runs: list[dict],
+                 targets: times_lib.Targets) -> summary_lib.Real:
+  """The real runs of one configuration: per seed curves ([E] each), and every
+  definition's time seed by seed with the estimator of the predictions."""
+  per_seed = [times_lib.curve_times(c['steps'], c['train_loss'], c['train_acc'], targets)
+              for c in curves_per_seed]
+  horizon = int(curves_per_seed[0]['steps'][-1])
+  times = {d: times_lib.estimate([t[d] for t in per_seed], horizon) for d in targets.definitions}
+  return summary_lib.Real(
+      curves={k: [np.asarray(c[k]) for c in curves_per_seed] for k in predict.CURVES},
+      times=times, spread={d: times_lib.spread(t) for d, t in times.items()},
+      train_seconds=[r['train_seconds'] for r in runs],
+      seconds_per_step=float(np.mean([r['seconds_per_step'] for r in runs])),
+      diverged_at=[r.get('diverged_at') for r in runs], kernel_drift=runs[0].get('kernel_drift'))
+
+
+@dataclasses.dataclass
+class Predicted:
+  """Everything of a comparison that comes before the real runs (see `predicted`).
+
+  base: what identifies the starting point (checkpoint, model, task, seed), for
+  hashes; orders: per configuration [seeds, T, B] batch orders; step_seconds,
+  flop_seconds and flops: per configuration, seconds of one real step measured
+  and from XLA's FLOP count, and that count; preds: per simulated predictor
+  (methods and simulated baselines), one Prediction per configuration.
+  """
+  configs: list[sgd.SGD]
+  targets: times_lib.Targets
+  task: data.Task
+  params: Any
+  apply_fn: Callable
+  pre_report: dict
+  base: dict
+  lin: ntk.Linearization
+  kernel_report: dict
+  orders: list[np.ndarray]
+  step_seconds: list[float]
+  flop_seconds: list[float]
+  flops: list[float]
+  step_timing_seconds: float
+  methods: list[str]
+  baselines: list[str]
+  preds: dict[str, list[summary_lib.Prediction]]
+
+
+def _step_timings(apply_fn, params, task, configs, loss, key):
+  """Seconds and FLOPs of one real step per configuration, from one timing per
+  optimiser structure (batch size, momentum or not, Nesterov, weight decay or not:
+  the learning rate does not change a step's cost), and FLOP-based seconds
+  calibrated by the timing of the first structure."""
+  shape = lambda hp: (hp.batch_size, hp.momentum > 0, hp.nesterov, hp.weight_decay > 0)
+  first = {}
+  for hp in configs:
+    first.setdefault(shape(hp), hp)
+  measured = {s: finetune.seconds_per_step(apply_fn, params, task, hp, loss=loss,
+                                           key=jax.random.fold_in(key, hp.batch_size))
+              for s, hp in first.items()}
+  flops = {s: finetune.step_flops(apply_fn, params, task, hp, loss=loss)
+           for s, hp in first.items()}
+  ref = next(iter(first))
+  per_flop = measured[ref] / flops[ref]
+  return ([measured[shape(hp)] for hp in configs], [flops[shape(hp)] * per_flop for hp in configs],
+          [flops[shape(hp)] for hp in configs])
+
+
+def predicted(config, workdir: str, progress: bool = True, overwrite: bool = False,
+              reuse: bool = True, with_baselines: bool = True) -> Predicted:
+  """Checks the config, claims the workdir, pretrains (or loads), computes the kernel,
+  times the real step and predicts every configuration with every simulated predictor.
+
+  reuse=False recomputes the kernel and the predictions even when the workdir has
+  them for this config (runs over several processes do: they must all compute).
+  with_baselines=False simulates the methods only (a ranking needs no baselines).
+  """
+  configs = checks.check(config)  # before any work is done
+  ft, pc = config.finetune, config.predict
+  targets = checks.targets_from_config(pc)
+  wd.claim(workdir, config.to_dict(), overwrite)
+  keys = sgd.run_keys(config.seed)
+
+  # Pretrained model with a fresh head on the target task.
+  task, model, variables, pre_report, ckpt_path = finetune.target_from_config(
+      config, workdir, keys['head'], progress)
+  params = variables['params']
+  apply_fn = models.make_apply_fn(model, variables['batch_stats'])
+  features_fn = models.make_features_fn(model, variables['batch_stats'])
+
+  # The kernel, once.
+  base = {'checkpoint': wd.config_hash(pre_report), 'ckpt_path': os.path.abspath(ckpt_path),
+          'model': config.model.to_dict(), 'target': config.target.to_dict(), 'seed': config.seed}
+  kernel_hash = wd.config_hash({**base, 'kernel': config.kernel.to_dict(), 'features': True})
+  lin = cached_kernel(os.path.join(workdir, 'kernel.npz'), kernel_hash, apply_fn, params,
+                      task.x_train, task.x_test, config.kernel, features_fn, progress, reuse)
+  kernel_report = ntk.check_kernel(lin.k_train_train)
+
+  # Same batch orders for the real runs and the replaying simulators.
+  orders = [np.stack([sgd.batch_order(jax.random.fold_in(keys['order'], s), len(task.x_train),
+                                      hp.batch_size, hp.steps) for s in range(ft.seeds)])
+            for hp in configs]
+
+  t0 = time.perf_counter()
+  step_seconds, flop_seconds, flops = _step_timings(apply_fn, params, task, configs, ft.loss,
+                                                    keys['time'])
+  step_timing_seconds = time.perf_counter() - t0
+  methods = list(pc.methods)
+  base_names = baselines(methods) if with_baselines else []
+  simulated = methods + [b for b in base_names if b in SIMULATED_BASELINES]
+  pred_hash = wd.config_hash({'kernel': kernel_hash, 'grid': [hp.to_dict() for hp in configs],
+                              'predict': pc.to_dict(), 'loss': ft.loss, 'simulated': simulated,
+                              'eval_every': ft.eval_every, 'orders': wd.digest(*orders)})
+  preds = _predictions(lin, task, configs, orders, config, keys['sde'], targets,
+                       os.path.join(workdir, 'predictions.json'), pred_hash, reuse, simulated)
+  return Predicted(configs=configs, targets=targets, task=task, params=params,
+                   apply_fn=apply_fn, pre_report=pre_report, base=base, lin=lin,
+                   kernel_report=kernel_report, orders=orders, step_seconds=step_seconds,
+                   flop_seconds=flop_seconds, flops=flops,
+                   step_timing_seconds=step_timing_seconds, methods=methods,
+                   baselines=base_names, preds=preds)
+
+
+def ranking(config, workdir: str, progress: bool = True, overwrite: bool = False) -> dict:
+  """Predicts the grid of `config` without the real runs, ranked by the headline
+  method's predicted seconds to T_eps; returns the ranking, written to
+  <workdir>/ranking.json by process 0 (the others work in a temporary folder)."""
+  leader = jax.process_index() == 0
+  folder = workdir if leader else tempfile.mkdtemp(prefix='ntk_time-predict-')
+  try:
+    pr = predicted(config, folder, progress and leader, overwrite,
+                   reuse=jax.process_count() == 1, with_baselines=False)
+  finally:
+    if not leader:
+      shutil.rmtree(folder, ignore_errors=True)
+  rows = []
+  for i, hp in enumerate(pr.configs):
+    sps = pr.step_seconds[i]
+    row = {'name': config_name(hp), 'hparams': hp.to_dict(), 'seconds_per_step': sps,
+           'flops_seconds_per_step': pr.flop_seconds[i], 'predicted': {}}
+    for method in pr.methods:
+      p = pr.preds[method][i]
+      t_eps = None if p.diverged else p.times['t_eps'].value
+      row['predicted'][method] = {
+          'diverged': p.diverged, 'lr_limit': p.lr_limit,
+          'times': None if p.diverged else {d: t.to_json() for d, t in p.times.items()},
+          'seconds_to_t_eps': predict.to_seconds(t_eps, sps)}
+    rows.append(row)
+  first = config.predict.methods[0]
+  rank_key = lambda r: (r['predicted'][first]['seconds_to_t_eps'] is None,
+                        r['predicted'][first]['seconds_to_t_eps'] or 0.0)
+  summary = {'config': config.to_dict(), 'methods': pr.methods,
+             'task': {'n_train': len(pr.task.x_train), 'n_test': len(pr.task.x_test),
+                      'classes': pr.task.class_names},
+             'processes': jax.process_count(), 'devices': jax.device_count(),
+             'kernel': pr.kernel_report,
+             'costs': {'kernel_seconds': pr.lin.seconds,
+                       'step_timing_seconds': pr.step_timing_seconds,
+                       **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m]))
+                          for m in pr.methods}},
+             'configs': sorted(rows, key=rank_key)}
+  summary = wd.as_json(summary)  # as every reader of ranking.json sees it
+  if leader:
+    wd.write_json(os.path.join(workdir, 'ranking.json'), summary)
+  return summary
+
+
+def _drift_reference(config, pr: Predicted, drift_x):
+  """Θ(w0) on the drift subset, exact: a block of the full kernel when that is
+  exact, else recomputed (a sketched Θ̂(w0) against the exact Θ(w_T) would count
+  the sketch's error as drift)."""
+  n = len(drift_x)
+  if not n:
+    return None
+  if pr.lin.traced or config.kernel.sketch_dim:
+    return ntk.empirical_ntk(pr.apply_fn, pr.params, drift_x,
+                             block_size=config.kernel.block_size)[0]
+  return pr.lin.k_train_train[:n, :n]
+
+
+def _errors(pred: summary_lib.Prediction | None, constant: dict[str, float] | None,
+            real: summary_lib.Real, horizon: int, targets) -> dict[str, summary_lib.Error]:
+  """One predictor's errors on every definition of one configuration: from its
+  prediction, or from a constant guess per definition (the trivial baselines)."""
+  out = {}
+  for d in targets.definitions:
+    if constant is not None:
+      value, diverged = constant[d], False
+    else:
+      diverged = pred.diverged
+      value = None if diverged else pred.times[d].value
+    out[d] = times_lib.error(value, real.times[d].value, horizon, predicted_diverged=diverged,
+                             real_diverged=real.diverged)
+  real_loss = np.mean(real.curves['train_loss'], axis=0)
+  if constant is not None:
+    out['curve_log_error'] = summary_lib.Error(None)
+  elif pred.diverged or not np.all(np.isfinite(real_loss)):
+    out['curve_log_error'] = summary_lib.Error(
+        0.0 if pred.diverged and real.diverged else float('inf'), miss=True)
+  else:
+    out['curve_log_error'] = summary_lib.Error(
+        times_lib.curve_log_error(pred.curves['train_loss'].mean, real_loss))
+  return out
+
+
+def _constants(reals: list[summary_lib.Real], configs: list[sgd.SGD], targets,
+               fraction: float, eval_every: int) -> dict[str, list[dict[str, float]]]:
+  """The trivial baselines' guesses per configuration and definition: the best
+  constant in hindsight over the grid (an oracle), and fraction × horizon."""
+  horizons = [hp.steps for hp in configs]
+  candidates = np.arange(0, max(horizons) + 1, eval_every, dtype=np.float64)
+  best = {d: times_lib.best_constant([r.times[d].value for r in reals], horizons,
+                                     [r.diverged for r in reals], candidates)
+          for d in targets.definitions}
+  return {'best_constant': [dict(best) for _ in configs],
+          'horizon_fraction': [dict.fromkeys(targets.definitions, fraction * h)
+                               for h in horizons]}
+
+
+def aggregate(rows: list[summary_lib.ConfigResult], predictors: list[str],
+              targets: times_lib.Targets) -> dict[str, dict[str, summary_lib.Stat]]:
+  """Per predictor: a Stat per definition and for the curve error, and the loss
+  levels and accuracy levels pooled ('levels', 'acc_levels')."""
+  out = {}
+  for p in predictors:
+    errs = lambda d, p=p: [r.errors[p][d] for r in rows]
+    out[p] = {d: times_lib.stat(errs(d)) for d in (*targets.definitions, 'curve_log_error')}
+    out[p]['levels'] = times_lib.stat([e for d in targets.loss_levels for e in errs(d)])
+    out[p]['acc_levels'] = times_lib.stat([e for d in targets.acc_levels for e in errs(d)])
+  return out
+
+
+def verdicts(agg, methods, base_names) -> dict[str, summary_lib.Verdict]:
+  """A method works where its median T_eps error and its median loss-level error
+  are both below every baseline's (a baseline with no value cannot be beaten on
+  that measure, nor beat)."""
+  out = {}
+  for m in methods:
+    beats, loses = [], []
+    for b in base_names:
+      won = True
+      for key in ('t_eps', 'levels'):
+        mine, theirs = agg[m][key].median, agg[b][key].median
+        if theirs is not None and (mine is None or mine >= theirs):
+          won = False
+      (beats if won else loses).append(b)
+    out[m] = summary_lib.Verdict(works=not loses, beats=beats, loses_to=loses)
+  return out
+
+
+def run(config, workdir: str, progress: bool = True, overwrite: bool = False
+        ) -> summary_lib.Summary:
+  """Runs the comparison; returns the summary also written to summary.json."""
+  t_start = time.perf_counter()
+  pr = predicted(config, workdir, progress, overwrite)
+  ft, pc = config.finetune, config.predict
+  configs, targets, task = pr.configs, pr.targets, pr.task
+  n_drift = min(config.kernel.drift_samples, len(task.x_train))
+  drift_x = task.x_train[:n_drift]
+  k0_sub = _drift_reference(config, pr, drift_x)
+
+  # Real fine-tuning, every configuration and seed.
+  reals = []
+  bar_desc = f'{len(configs)} configs × {ft.seeds} seeds'
+  for i, hp in enumerate(configs):
+    runs, curves = [], []
+    for s in range(ft.seeds):
+      name = f'{config_name(hp)}_s{s}'
+      if progress:
+        print(f'[{bar_desc}] real run {i * ft.seeds + s + 1}: {name}')
+      run_hash = wd.config_hash({**pr.base, 'hp': hp.to_dict(), 'seed_run': s, 'loss': ft.loss,
+                                 'eval_every': ft.eval_every, 'drift': n_drift})
+      r, c = real_run(pr.apply_fn, pr.params, task, hp, pr.orders[i][s], config,
+                      os.path.join(workdir, 'runs', name), run_hash,
+                      k0_sub if s == 0 else None, drift_x, progress)
+      runs.append(r)
+      curves.append(c)
+    reals.append(real_results(curves, runs, targets))
+
+  constants = _constants(reals, configs, targets, pc.horizon_fraction, ft.eval_every)
+  headline = pr.methods[0]
+  rows = []
+  for i, (hp, real) in enumerate(zip(configs, reals)):
+    errors = {p: _errors(pr.preds[p][i], None, real, hp.steps, targets) for p in pr.preds}
+    errors.update({b: _errors(None, constants[b][i], real, hp.steps, targets)
+                   for b in TRIVIAL_BASELINES})
+    first = pr.preds[headline][i]
+    t_pred = None if first.diverged else first.times['t_eps'].value
+    sps, fsps = pr.step_seconds[i], pr.flop_seconds[i]
+    pred_s = predict.to_seconds(t_pred, sps)
+    real_s = predict.to_seconds(real.times['t_eps'].value, real.seconds_per_step)
+    seconds = summary_lib.Seconds(
+        measured_step=sps, flops_step=fsps, step_flops=pr.flops[i], real_step=real.seconds_per_step,
+        measured_step_error=times_lib.relative_error(sps, real.seconds_per_step),
+        flops_step_error=times_lib.relative_error(fsps, real.seconds_per_step),
+        predicted_t_eps=pred_s, predicted_t_eps_flops=predict.to_seconds(t_pred, fsps),
+        real_t_eps=real_s, t_eps_error=times_lib.relative_error(pred_s, real_s))
+    rows.append(summary_lib.ConfigResult(
+        name=config_name(hp), hparams=hp.to_dict(), horizon=hp.steps, eval_every=ft.eval_every,
+        steps=np.arange(0, hp.steps + 1, ft.eval_every), real=real,
+        predicted={p: pr.preds[p][i] for p in pr.preds}, errors=errors, seconds=seconds))
+
+  # The cost of a prediction: the kernel, the headline method's simulations, the step timing.
+  costs = {'kernel_seconds': pr.lin.seconds, 'step_timing_seconds': pr.step_timing_seconds,
+           'train_seconds': float(sum(np.mean(r.real.train_seconds) for r in rows)),
+           **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m])) for m in pr.preds}}
+  costs['predict_seconds'] = (costs['kernel_seconds'] + costs[f'{headline}_seconds']
+                              + costs['step_timing_seconds'])
+  costs['ratio'] = costs['train_seconds'] / costs['predict_seconds']
+  predictors = pr.methods + pr.baselines
+  agg = aggregate(rows, predictors, targets)
+  drifts = [r.real.kernel_drift for r in rows if r.real.kernel_drift is not None]
+  summary = summary_lib.Summary(
+      config=config.to_dict(), methods=pr.methods, baselines=pr.baselines,
+      definitions=list(targets.definitions), pretrain=pr.pre_report,
+      task={'n_train': len(task.x_train), 'n_test': len(task.x_test),
+            'classes': task.class_names, 'num_params': models.num_params(pr.params)},
+      kernel=pr.kernel_report, targets=dataclasses.asdict(targets), costs=costs, aggregate=agg,
+      verdicts=verdicts(agg, pr.methods, pr.baselines),
+      seed_spread={d: _median([r.real.spread[d] for r in rows]) for d in targets.definitions},
+      kernel_drift=times_lib.stat([summary_lib.Error(d) for d in drifts]),
+      seconds_errors={k: times_lib.stat([summary_lib.Error(getattr(r.seconds, k)) for r in rows
+                                         if getattr(r.seconds, k) is not None])
+                      for k in ('measured_step_error', 'flops_step_error', 't_eps_error')},
+      configs=rows, wall_seconds=time.perf_counter() - t_start,
+      notes=[] if ntk.nt_available() or 'nt_gradient_descent' in pr.methods else
+      ['nt_gradient_descent baseline left out: neural-tangents does not import here'])
+  summary.write(workdir)
+  write_csv(summary, os.path.join(workdir, 'summary.csv'))
+  plots.all_figures(summary_lib.Summary.read(workdir), workdir)
+  return summary_lib.Summary.read(workdir)
+
+
+def _median(vals):
+  vals = [v for v in vals if v is not None]
+  return float(np.median(vals)) if vals else None
+
+
+def run_many(experiments, workdir: str, progress: bool = True) -> dict[str, summary_lib.Summary]:
+  """`run` for each named config of `experiments` into <workdir>/<name>; experiments
+  with the same source model share the first one's pretraining."""
+  summaries, pretrained = {}, {}
+  for name, cfg in experiments.items():
+    cfg = copy.deepcopy(cfg)
+    if not cfg.pretrain.checkpoint:
+      source = wd.config_hash({k: cfg[k].to_dict() for k in ('source', 'model', 'pretrain')}
+                              | {'seed': cfg.seed})
+      if source in pretrained:
+        cfg.pretrain.checkpoint = pretrained[source]
+      else:
+        pretrained[source] = os.path.join(workdir, name, 'pretrain', 'checkpoint.msgpack')
+    if progress:
+      print(f'== {name} ==')
+    summaries[name] = run(cfg, os.path.join(workdir, name), progress=progress)
+  return summaries
+
+
+def _check_subset(config) -> None:
+  sizes = list(config.sizes)
+  if not sizes or any(not isinstance(m, int) or m < 2 for m in sizes):
+    raise ValueError(f'sizes must be integers >= 2, got sizes={sizes}')
+  n = config.experiment.target.n_train
+  if n != -1 and max(sizes) > n:
+    raise ValueError(f'sizes={sizes} has a subset larger than target.n_train={n}')
+  for loss in config.losses:
+    e = copy.deepcopy(config.experiment)
+    e.finetune.loss = loss
+    checks.check(e)
+
+
+def run_subset(config, workdir: str, progress: bool = True) -> dict:
+  """The subset study of a `configs/subset.py` config (experiments/subset.py):
+  kernels on the first M samples for each M of `sizes`, real runs on all N, and
+  the replica and spectral predictions of each run's T_eps; writes summary.json,
+  subset.png and figure.json; returns the figure's numbers."""
+  _check_subset(config)
+  wd.claim(workdir, config.to_dict())
+  e = config.experiment
+  ft = e.finetune
+  keys = sgd.run_keys(e.seed)
+  task, model, variables, pre_report, ckpt_path = finetune.target_from_config(
+      e, workdir, keys['head'], progress)
+  params = variables['params']
+  apply_fn = models.make_apply_fn(model, variables['batch_stats'])
+  n, num_classes = len(task.x_train), task.num_classes
+  grid = sgd.grid(ft)
+  targets = checks.targets_from_config(e.predict)
+  base = {'checkpoint': wd.config_hash(pre_report), 'model': e.model.to_dict(),
+          'target': e.target.to_dict(), 'seed': e.seed}
+
+  kernels, spectra = {}, {}
+  for m in config.sizes:
+    lin = cached_kernel(os.path.join(workdir, f'kernel_M{m}.npz'),
+                                wd.config_hash({**base, 'kernel': e.kernel.to_dict(), 'm': m}),
+                                apply_fn, params, task.x_train[:m], task.x_test, e.kernel,
+                                progress=progress)
+    kernels[m] = lin
+    # One eigendecomposition per M: the spectrum and the MSE residual energies serve the
+    # plot and every MSE configuration.
+    spectra[m] = subset.spectrum(lin.k_train_train, lin.fx_train_0, task.y_train[:m], 'mse')
+
+  rows = []
+  for loss in config.losses:
+    cfg = copy.deepcopy(e)
+    cfg.finetune.loss = loss
+    for i, hp in enumerate(grid):
+      name = f'{loss}_{config_name(hp)}'
+      order = sgd.batch_order(jax.random.fold_in(keys['order'], 0), n, hp.batch_size, hp.steps)
+      run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'loss': loss,
+                                 'eval_every': ft.eval_every})
+      real, curves = real_run(apply_fn, params, task, hp, order, cfg,
+                                      os.path.join(workdir, 'runs', name), run_hash, None, None,
+                                      progress)
+      t_real = None
+      if np.all(np.isfinite(curves['train_loss'])):
+        t_real = times_lib.t_eps(curves['steps'], curves['train_loss'], targets.eps)
+      row = {'name': name, 'loss': loss, 'hparams': hp.to_dict(), 'real_t_eps': t_real,
+             'real_train_seconds': real['train_seconds'], 'steps': curves['steps'],
+             'real_train_loss': curves['train_loss'], 'by_size': []}
+      for m in config.sizes:
+        lin = kernels[m]
+        t0 = time.perf_counter()
+        [rep] = predict.predict(lin, task.y_train[:m], task.y_test, [hp],
+                                key=jax.random.fold_in(keys['sde'], i), method='sde',
+                                loss=loss, eval_every=ft.eval_every, targets=targets,
+                                num_paths=e.predict.num_paths, dt=e.predict.dt, population=n)
+        entry = {'m': m, 'kernel_seconds': lin.seconds,
+                 'replica_t_eps': None if rep.diverged else rep.times['t_eps'].value,
+                 'replica_seconds': time.perf_counter() - t0,
+                 'replica_train_loss': None if rep.diverged else rep.curves['train_loss'].mean}
+        if loss == 'mse' and not hp.weight_decay:
+          t0 = time.perf_counter()
+          ex = subset.extrapolate(*spectra[m], m, n)
+          steps, curve = subset.simulate_modes(ex['lam'], ex['energy'], hp, n=n,
+                                               num_classes=num_classes, eval_every=ft.eval_every)
+          entry.update(spectral_t_eps=times_lib.t_eps(steps, curve, targets.eps),
+                       spectral_seconds=time.perf_counter() - t0, spectral_train_loss=curve,
+                       alpha=ex['alpha'], beta=ex['beta'])
+        for method in ('replica', 'spectral'):
+          if f'{method}_t_eps' in entry:
+            entry[f'{method}_error'] = times_lib.relative_error(entry[f'{method}_t_eps'], t_real)
+            cost = entry['kernel_seconds'] + entry[f'{method}_seconds']
+            entry[f'{method}_cost_ratio'] = real['train_seconds'] / cost
+        row['by_size'].append(entry)
+      rows.append(row)
+
+  summary = {'config': config.to_dict(), 'n_train': n, 'num_classes': num_classes,
+             'spectra': {str(m): spectra[m][0] for m in config.sizes}, 'rows': rows}
+  wd.write_json(os.path.join(workdir, 'summary.json'), summary)
+  summary = wd.read_json(os.path.join(workdir, 'summary.json'))
+  table = ['| run | M | replica T_eps (error) | spectral T_eps (error) | real T_eps | '
+           'cost saved (replica) |', '|---|---|---|---|---|---|']
+  for r in summary['rows']:
+    for x in r['by_size']:
+      pct = lambda v: '-' if v is None else f'{100 * v:.0f}%'  # noqa: E731
+      spectral = (f"{x['spectral_t_eps']} ({pct(x['spectral_error'])})"
+                  if 'spectral_t_eps' in x else '-')
+      table.append(f"| {r['name']} | {x['m']} | {x['replica_t_eps']} "
+                   f"({pct(x['replica_error'])}) | {spectral} | {r['real_t_eps']} | "
+                   f"{x['replica_cost_ratio']:.1f}x |")
+  figure = plots.subset(summary, os.path.join(workdir, 'subset.png'))
+  numbers = {'figure': figure, 'table': table,
+             'errors': [{'run': r['name'], 'm': x['m'], 'replica': x['replica_error'],
+                         'spectral': x.get('spectral_error')}
+                        for r in summary['rows'] for x in r['by_size']]}
+  write_figure(workdir, config, numbers)
+  return numbers
+
+
+
+def write_figure(workdir: str, config, numbers: dict) -> str:
+  """A figure script's numbers as <workdir>/figure.json, beside its config."""
+  path = os.path.join(workdir, 'figure.json')
+  wd.write_json(path, {'config': config.to_dict(), **numbers})
+  return path
+
+
+def _fmt(v, pct=False):
+  if v is None:
+    return '-'
+  if np.isinf(v):
+    return '∞'
+  return f'{100 * v:.0f}%' if pct else f'{v:.4g}'
+
+
+def write_csv(s: summary_lib.Summary, path: str) -> None:
+  """One line per configuration: hyper-parameters, real times, then per predictor
+  its times (simulated ones) and errors on every definition."""
+  head = ['name', 'lr', 'batch_size', 'momentum', 'weight_decay', 'horizon', 'kernel_drift',
+          'real_train_seconds', 'predicted_seconds_t_eps', 'real_seconds_t_eps']
+  head += [f'real_{d}' for d in s.definitions] + [f'real_spread_{d}' for d in s.definitions]
+  for p in s.predictors:
+    if p in s.configs[0].predicted:
+      head += [f'{p}_{d}' for d in s.definitions] + [f'{p}_seconds']
+    head += [f'{p}_err_{d}' for d in (*s.definitions, 'curve_log_error')]
+  lines = [','.join(head)]
+  for r in s.configs:
+    hp = r.hparams
+    vals = [r.name, hp['lr'], hp['batch_size'], hp['momentum'], hp['weight_decay'], r.horizon,
+            r.real.kernel_drift, float(np.mean(r.real.train_seconds)), r.seconds.predicted_t_eps,
+            r.seconds.real_t_eps]
+    vals += [r.real.times[d].value for d in s.definitions]
+    vals += [r.real.spread[d] for d in s.definitions]
+    for p in s.predictors:
+      if p in r.predicted:
+        pred = r.predicted[p]
+        vals += [None if pred.diverged else pred.times[d].value for d in s.definitions]
+        vals += [pred.seconds]
+      vals += [r.errors[p][d].value for d in (*s.definitions, 'curve_log_error')]
+    lines.append(','.join('' if v is None else (f'{v:.6g}' if isinstance(v, float) else str(v))
+                          for v in vals))
+  wd.write_bytes(path, ('\n'.join(lines) + '\n').encode())
+
+
+def format_table(s: summary_lib.Summary) -> str:
+  """The per-configuration table and the aggregates with baselines, as printed text."""
+  lines = []
+  head = f"{'configuration':26s} {'real T_eps':>10s} {'T(L0/2,4,8)':>15s} {'drift':>6s}"
+  for m in s.methods:
+    head += f" | {m + ' T_eps [5-95%]':>24s} {'err':>5s}"
+  lines += ['', head]
+  for r in s.configs:
+    real = r.real.times
+    stopped = [k for k in r.real.diverged_at if k is not None]
+    t_real = f'diverged@{stopped[0]}' if stopped else _fmt(real['t_eps'].value)
+    levels = ','.join(_fmt(real[d].value) for d in s.definitions if d.startswith('t_loss_'))
+    line = f"{r.name:26s} {t_real:>10s} {levels:>15s} {_fmt(r.real.kernel_drift):>6.6s}"
+    for m in s.methods:
+      p = r.predicted[m]
+      if p.diverged:
+        txt = f'diverges (lr > {p.lr_limit:.3g})'
+      else:
+        t = p.times['t_eps']
+        txt = f'{_fmt(t.value)} [{_fmt(t.q05)}-{_fmt(t.q95)}]'
+      line += f" | {txt:>24s} {_fmt(r.errors[m]['t_eps'].value, True):>5s}"
+    lines.append(line)
+  n = len(s.configs)
+  lines += ['', f"errors over the {n} configurations (median / max; misses: a level reached on "
+            "one side only, counted at its error at the horizon; ∞: divergence on one side):",
+            f"{'predictor':31s} {'T_eps':>12s} {'loss levels':>20s} {'acc levels':>20s} "
+            f"{'curve err':>9s}  verdict"]
+  for p in s.predictors:
+    a = s.aggregate[p]
+    lv, al = a['levels'], a['acc_levels']
+    verdict = ''
+    if p in s.verdicts:
+      v = s.verdicts[p]
+      verdict = ('WORKS: beats every baseline' if v.works else
+                 f"does not work here: loses to {', '.join(v.loses_to)}")
+    kind = 'method' if p in s.methods else 'baseline'
+    lines.append(
+        f"{p + ' (' + kind + ')':31s} {_fmt(a['t_eps'].median, True):>5s} / "
+        f"{_fmt(a['t_eps'].max, True):>4s}  {_fmt(lv.median, True):>5s} / {_fmt(lv.max, True):>4s}"
+        f" ({lv.misses} miss) {_fmt(al.median, True):>5s} / {_fmt(al.max, True):>4s} "
+        f"({al.misses} miss) {_fmt(a['curve_log_error'].median):>9s}  {verdict}")
+  lines.append(
+      f"real seed-to-seed spread (max-min)/median, median over configurations: T_eps "
+      f"{_fmt(s.seed_spread['t_eps'], True)}, "
+      + ', '.join(f"{d} {_fmt(s.seed_spread[d], True)}" for d in s.definitions
+                  if d.startswith('t_loss_'))
+      + f"; kernel drift ‖Θ(w_T) - Θ(w_0)‖/‖Θ(w_0)‖: median {_fmt(s.kernel_drift.median)}, "
+      f"max {_fmt(s.kernel_drift.max)}")
+  se = s.seconds_errors
+  lines.append(f"seconds per step against the real runs' (median error): timed "
+               f"{_fmt(se['measured_step_error'].median, True)}, from XLA's FLOPs "
+               f"{_fmt(se['flops_step_error'].median, True)}; predicted seconds to T_eps: "
+               f"median error {_fmt(se['t_eps_error'].median, True)}")
+  k = s.kernel
+  lines.append(f"kernel: symmetric to {k['asymmetry']:.1e}, eigenvalues in [{k['min_eig']:.3g}, "
+               f"{k['max_eig']:.3g}] (checked PSD)")
+  c, first = s.costs, s.methods[0]
+  lines.append(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, "
+               f"{first} {c[f'{first}_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f})"
+               f" vs train {c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper")
+  lines += [f'note: {t}' for t in s.notes]
+  return '\n'.join(lines)
+
+
+def markdown_table(summaries: dict[str, summary_lib.Summary]) -> list[str]:
+  """The accuracy table of several targets (the README's): per target, every
+  method and baseline with its errors and whether the method works there."""
+  lines = ['| target | predictor | T_eps error median / max | loss levels L0/2,4,8: median / max '
+           '(misses) | accuracy levels: median / max (misses) | curve error median | works? | '
+           'real seed spread T_eps / levels | kernel drift median | predict vs train cost |',
+           '|---|---|---|---|---|---|---|---|---|---|']
+  for name, s in summaries.items():
+    ft = s.config['finetune']
+    target = (f"{name}: N = {s.task['n_train']}, {len(s.configs)} configs × {ft['seeds']} seeds, "
+              f"T = {ft['steps']}")
+    lv_spread = _median([s.seed_spread[d] for d in s.definitions if d.startswith('t_loss_')])
+    c = s.costs
+    for p in s.predictors:
+      a = s.aggregate[p]
+      lv, al = a['levels'], a['acc_levels']
+      if p in s.verdicts:
+        v = s.verdicts[p]
+        works = 'yes' if v.works else 'no: loses to ' + ', '.join(v.loses_to)
+        cost = c['kernel_seconds'] + c[f'{p}_seconds'] + c['step_timing_seconds']
+        cost = f"{cost:.0f} s vs {c['train_seconds']:.0f} s ({c['train_seconds'] / cost:.1f}×)"
+      else:
+        works, cost = 'baseline', '-'
+      lines.append(
+          f"| {target} | {p} | {_fmt(a['t_eps'].median, True)} / {_fmt(a['t_eps'].max, True)} | "
+          f"{_fmt(lv.median, True)} / {_fmt(lv.max, True)} ({lv.misses}) | "
+          f"{_fmt(al.median, True)} / {_fmt(al.max, True)} ({al.misses}) | "
+          f"{_fmt(a['curve_log_error'].median)} | {works} | "
+          f"{_fmt(s.seed_spread['t_eps'], True)} / {_fmt(lv_spread, True)} | "
+          f"{_fmt(s.kernel_drift.median)} | {cost} |")
+  return lines
