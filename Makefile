@@ -9,9 +9,12 @@ WORKDIR ?= workdirs/default
 
 setup: $(VENV)/.installed data
 
-$(VENV)/.installed: requirements.txt
+# requirements.txt pins everything, so `pip install -e .` (import ntk_time from
+# anywhere) installs nothing new.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
