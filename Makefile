@@ -2,16 +2,20 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
+VENV_LATEST := .venv-latest
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= workdirs/default
 
-.PHONY: setup data test demo bench accuracy figures
+.PHONY: setup data test test-latest demo bench accuracy figures
 
 setup: $(VENV)/.installed data
 
-$(VENV)/.installed: requirements.txt
+# requirements.txt pins everything, so `pip install -e .` (import ntk_time from
+# anywhere) installs nothing new.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -e .
 	touch $@
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package.
@@ -31,6 +35,17 @@ $(VENV)/.installed-torch: $(VENV)/.installed requirements-torch.txt
 
 test: setup $(VENV)/.installed-torch
 	$(PY) -m pytest -q tests
+
+# The same suite on current jax (requirements-latest.txt), in a second venv without
+# neural-tangents or torch: their tests skip.
+$(VENV_LATEST)/.installed: requirements-latest.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV_LATEST)
+	$(VENV_LATEST)/bin/pip install --quiet -r requirements-latest.txt
+	$(VENV_LATEST)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+test-latest: data $(VENV_LATEST)/.installed
+	$(VENV_LATEST)/bin/python -m pytest -q tests
 
 demo: setup
 	$(PY) -m experiments.compare --config ntk_time/configs/default.py --workdir $(WORKDIR)

@@ -20,6 +20,8 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from ntk_time import compat
+
 P = jax.sharding.PartitionSpec
 
 
@@ -77,12 +79,7 @@ def per_device(f: Callable, m: jax.sharding.Mesh, in_specs, out_specs) -> Callab
   arrays from `distribute`) and the outputs are gathered whole to every
   process, as numpy arrays.
   """
-  if hasattr(jax, 'shard_map'):  # jax >= 0.6
-    run = jax.jit(jax.shard_map(f, mesh=m, in_specs=in_specs, out_specs=out_specs,
-                                check_vma=False))
-  else:
-    from jax.experimental.shard_map import shard_map  # pylint: disable=g-import-not-at-top
-    run = jax.jit(shard_map(f, mesh=m, in_specs=in_specs, out_specs=out_specs, check_rep=False))
+  run = jax.jit(compat.shard_map(f, m, in_specs, out_specs))
   if jax.process_count() == 1:
     return run
 

@@ -1,12 +1,7 @@
-import os
-import sys
-
 import jax
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 # Fast compiles: the tests check numbers, not speed.
 jax.config.update('jax_disable_most_optimizations', True)
 

@@ -3,13 +3,15 @@
 import jax
 import numpy as np
 import pytest
-import torch
-import torchvision
 
 from experiments import convert_torchvision
 from ntk_time import checkpoint
 from ntk_time import convert
 from ntk_time import models
+
+torch = pytest.importorskip('torch', reason='torch is not installed (requirements-torch.txt)')
+torchvision = pytest.importorskip('torchvision',
+                                  reason='torchvision is not installed (requirements-torch.txt)')
 
 
 def _random_torchvision(arch, seed):

@@ -1,10 +1,10 @@
 """The function-space simulators against known answers."""
 
 import jax
-from jax.experimental import enable_x64
 import numpy as np
 import pytest
 
+from ntk_time.compat import enable_x64
 from ntk_time import dynamics
 from ntk_time import finetune
 from ntk_time import ntk

@@ -1,10 +1,10 @@
 """Real fine-tuning: it learns, replays exactly, and its optimiser is the one written down."""
 
 import jax
-from jax.experimental import enable_x64
 import numpy as np
 import pytest
 
+from ntk_time.compat import enable_x64
 from ntk_time import data
 from ntk_time import finetune
 from ntk_time import models

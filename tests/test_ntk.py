@@ -12,6 +12,15 @@ from ntk_time import ntk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+try:
+  import neural_tangents  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  _NO_NT = ''
+except ImportError as e:  # absent, or too old for this jax (0.6.5 needs jax <= 0.5.x)
+  _NO_NT = f'neural-tangents is not importable ({e})'
+# The nt_* implementations skip without neural-tangents; 'direct' always runs.
+_IMPLEMENTATIONS = [pytest.param(i, marks=pytest.mark.skipif(bool(_NO_NT), reason=_NO_NT))
+                    if i.startswith('nt_') else i for i in ntk.IMPLEMENTATIONS]
+
 
 @pytest.fixture(scope='module')
 def net():
@@ -34,7 +43,7 @@ def _jjt(apply_fn, params, x1, x2):
   return np.einsum('acp,bdp->abcd', j1, j2)
 
 
-@pytest.mark.parametrize('implementation', ntk.IMPLEMENTATIONS)
+@pytest.mark.parametrize('implementation', _IMPLEMENTATIONS)
 @pytest.mark.parametrize('block_size', [2, 100])
 def test_kernel_equals_jjt(net, implementation, block_size):
   apply_fn, params, x, xt = net
@@ -48,7 +57,7 @@ def test_kernel_equals_jjt(net, implementation, block_size):
   assert report['min_eig'] > -1e-4 * report['max_eig'] and report['asymmetry'] < 1e-5
 
 
-@pytest.mark.parametrize('implementation', ntk.IMPLEMENTATIONS)
+@pytest.mark.parametrize('implementation', _IMPLEMENTATIONS)
 def test_traced_kernel_is_mean_over_classes(net, implementation):
   apply_fn, params, x, xt = net
   full, full_st = ntk.empirical_ntk(apply_fn, params, x, xt)
@@ -120,7 +129,6 @@ def test_sketched_kernel_is_an_unbiased_estimate_that_improves_with_k(net):
 
 _DEVICES_SCRIPT = '''
 import sys
-sys.path.insert(0, %r)
 import jax
 from ntk_time import devices
 if len(sys.argv) > 2:  # process id, process count, coordinator port
@@ -150,7 +158,7 @@ exact, _, _ = dynamics.simulate_sgd(orders, lrs, lin.k_train_train, lin.fx_train
 np.savez(sys.argv[1], devices=len(jax.devices()), processes=jax.process_count(),
          k=lin.k_train_train, k_st=lin.k_test_train, sketch=sketch, sde=sde['train_loss'],
          exact=exact['train_loss'])
-''' % ROOT
+'''
 
 
 def _run_devices_script(tmp_path, name, devices_per_process, processes=1):
@@ -161,7 +169,9 @@ def _run_devices_script(tmp_path, name, devices_per_process, processes=1):
   import sys  # pylint: disable=g-import-not-at-top
   script = tmp_path / 'run.py'
   script.write_text(_DEVICES_SCRIPT)
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
+  # ntk_time from this checkout, like the tests' own (also where another one is installed).
+  path = os.pathsep.join(d for d in (ROOT, os.environ.get('PYTHONPATH')) if d)
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=path,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
   with socket.socket() as s:
     s.bind(('localhost', 0))

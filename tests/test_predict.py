@@ -1,10 +1,10 @@
 """Training-time definitions and the grid predictor."""
 
 import jax
-import jax.experimental
 import numpy as np
 import pytest
 
+from ntk_time.compat import enable_x64
 from ntk_time import dynamics
 from ntk_time import ntk
 from ntk_time import predict
@@ -159,7 +159,7 @@ def test_float64_dynamics_need_and_use_64_bit_jax():
                 dtype=np.float64)
   with pytest.raises(ValueError, match='dtype=float64 needs 64-bit JAX'):
     predict.predict(lin, y, yt, [hp], **kwargs)
-  with jax.experimental.enable_x64():
+  with enable_x64():
     [r] = predict.predict(lin, y, yt, [hp], **kwargs)
     closed = dynamics.mse_closed_form(lin.k_train_train, lin.fx_train_0, y, 0.5, r['steps'],
                                       discrete=True)

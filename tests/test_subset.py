@@ -1,10 +1,10 @@
 """Subset prediction against known answers: the closed form, real SGD averages, a known full set."""
 
 import jax
-import jax.experimental
 import numpy as np
 import pytest
 
+from ntk_time.compat import enable_x64
 from ntk_time import dynamics
 from ntk_time import sgd
 from ntk_time import subset
@@ -37,7 +37,7 @@ def test_modes_match_the_average_of_real_minibatch_runs():
   hp = sgd.SGD(lr=1.0 * n / lam[0], batch_size=6, steps=200, momentum=0.0)
   steps, modes = subset.simulate_modes(lam, energy, hp, n=n, num_classes=c, eval_every=20)
   orders = np.stack([sgd.batch_order(jax.random.key(s), n, 6, 200) for s in range(64)])
-  with jax.experimental.enable_x64():
+  with enable_x64():
     curves, _, _ = dynamics.simulate_sgd(orders, sgd.learning_rates(hp), k, f0, y, loss='mse',
                                          eval_every=20)
     real = np.asarray(curves['train_loss']).mean(0)
@@ -79,7 +79,7 @@ def test_replica_sde_is_the_sde_of_the_copied_set():
                batch_size=4, steps=40)
   lrs = sgd.learning_rates(hp)
   keys = jax.random.split(jax.random.key(0), 4000)
-  with jax.experimental.enable_x64():
+  with enable_x64():
     rep, _, _ = dynamics.simulate_sde(keys, lrs, k, f0, y, batch_size=4, loss='cross_entropy',
                                       eval_every=10, population=n)
     full, _, _ = dynamics.simulate_sde(keys, lrs, k[idx][:, idx], f0[idx], y[idx], batch_size=4,
@@ -97,7 +97,7 @@ def test_modes_with_momentum_and_full_batch_are_heavy_ball_gradient_descent():
   lam, energy = subset.spectrum(k, f0, y, 'mse')
   hp = sgd.SGD(lr=float(np.float32(2.0 * 30 / lam[0])), batch_size=30, steps=80, momentum=0.9)
   _, loss = subset.simulate_modes(lam, energy, hp, n=30, num_classes=3, eval_every=10)
-  with jax.experimental.enable_x64():
+  with enable_x64():
     curves, _, _ = dynamics.simulate_full_batch(sgd.learning_rates(hp), k, f0, y, loss='mse',
                                                 eval_every=10, momentum=0.9)
   # η̃ λ_max / N = 20 here: plain gradient descent at η/(1-m) would diverge, heavy ball does not.
