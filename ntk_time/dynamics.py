@@ -14,6 +14,7 @@ Outputs are curves recorded every `eval_every` steps, step 0 included.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +59,65 @@ def _stack(first, rest):
   return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
 
+# The jitted simulators take their arrays as a few named pytrees, so that
+# `jax.vmap(..., in_axes=(0, None))` maps the batched pytree (batch orders or
+# paths) over the shared one whatever fields they have: a new argument is a new
+# field, and cannot shift which arrays are mapped.
+
+
+class SimArrays(NamedTuple):
+  """The arrays of one linearisation, shared by every path; zeros for what is absent.
+
+  Kernels in the layout of `_prepare`: by columns [N, C, N'·C] for the minibatch
+  simulator; flat [N'·C, N·C], or a class-traced K [N', N], for the SDE.
+  """
+  k_train_train: jax.Array  # Θ[train, train], laid out
+  fx_train_0: jax.Array     # [N, C] F_0
+  y_train: jax.Array        # [N] int
+  jw0_train: jax.Array      # [N, C] J w0 (weight decay)
+  k_test_train: jax.Array   # Θ[test, train], laid out (N_test may be 0)
+  fx_test_0: jax.Array      # [N_test, C]
+  y_test: jax.Array         # [N_test] int
+  jw0_test: jax.Array       # [N_test, C]
+
+
+class HeadArrays(NamedTuple):
+  """The arrays of the head-aware model (`simulate_head_aware`), shared by every order."""
+  k_phi: jax.Array               # [N, N] feature kernel K_φ
+  features_train_0: jax.Array    # [N, D] φ(0)
+  y_train: jax.Array             # [N] int
+  jw0_features_train: jax.Array  # [N, D] (∂φ/∂θ) θ_0 (weight decay)
+  k_phi_test: jax.Array          # [N, N_test]: K_φ[test, train] transposed, rows by training sample
+  features_test_0: jax.Array     # [N_test, D]
+  y_test: jax.Array              # [N_test] int
+  jw0_features_test: jax.Array   # [N_test, D]
+  head_kernel: jax.Array         # [D, C] W_0
+  head_bias: jax.Array           # [C] b_0
+
+
+class SGDHyper(NamedTuple):
+  """Hyper-parameters of the minibatch simulators, shared by every order."""
+  lrs: jax.Array           # [T] η_k
+  momentum: jax.Array      # [] m
+  weight_decay: jax.Array  # [] λ
+
+
+class SDEPath(NamedTuple):
+  """One SDE path: its key and its hyper-parameters (batched: a leading [S] axis)."""
+  key: jax.Array           # PRNG key
+  lr_sum: jax.Array        # [T/dt] Σ η̃_k over each Euler–Maruyama step
+  lr_sq: jax.Array         # [T/dt] Σ η̃_k² over each Euler–Maruyama step
+  noise: jax.Array         # [] √(c/(B N))
+  weight_decay: jax.Array  # [] λ
+
+
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
-def _sgd_one(order, lrs, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, momentum, weight_decay, *,
-             loss, eval_every, nesterov):
+def _sgd_one(order, shared, *, loss, eval_every, nesterov):
+  """One batch order [T, B]; shared = (SimArrays by columns, SGDHyper)."""
+  a, hp = shared
+  k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
+  k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
+  lrs, momentum, weight_decay = hp.lrs, hp.momentum, hp.weight_decay
   steps, _ = order.shape
 
   def step(carry, inp):
@@ -113,7 +170,8 @@ def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_tes
     fxt0, yt = jnp.asarray(fx_test_0, dtype), jnp.asarray(y_test)
     jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
   k_tt = jnp.asarray(layout(k_train_train), dtype)
-  return k_tt, fx0, jnp.asarray(y_train), jw0, k_st, fxt0, yt, jw0t
+  return SimArrays(k_train_train=k_tt, fx_train_0=fx0, y_train=jnp.asarray(y_train), jw0_train=jw0,
+                   k_test_train=k_st, fx_test_0=fxt0, y_test=yt, jw0_test=jw0t)
 
 
 def _check_eval(steps, eval_every):
@@ -146,12 +204,12 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
   _check_eval(orders.shape[1], eval_every)
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=True)
-  dtype = arrays[1].dtype
+  dtype = arrays.fx_train_0.dtype
+  hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
+                   weight_decay=jnp.asarray(weight_decay, dtype))
   one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 11)
-  return jax.device_get(devices.map_leading(
-      run, orders, jnp.asarray(lrs, dtype), *arrays, jnp.asarray(momentum, dtype),
-      jnp.asarray(weight_decay, dtype)))
+  run = jax.vmap(one, in_axes=(0, None))
+  return jax.device_get(devices.map_leading(run, orders, (arrays, hyper)))
 
 
 def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
@@ -166,8 +224,13 @@ def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt'))
-def _sde_one(path, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, *, loss, eval_every, dt):
-  key, lr_sum, lr_sq, noise, weight_decay = path
+def _sde_one(path, arrays, *, loss, eval_every, dt):
+  """One path (SDEPath) on the shared SimArrays (flat or class-traced kernels)."""
+  key, lr_sum, lr_sq = path.key, path.lr_sum, path.lr_sq
+  noise, weight_decay = path.noise, path.weight_decay
+  a = arrays
+  k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
+  k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
   n = fx0.shape[0]
   n_steps = lr_sum.shape[0]
 
@@ -262,10 +325,11 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=False)
   one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 8)
-  paths = (keys, *(jnp.asarray(a, dtype) for a in
-                   (lr_sum, lr_sq, noise, np.broadcast_to(weight_decay, (s,)))))
-  return jax.device_get(devices.map_leading(run, paths, *arrays))
+  run = jax.vmap(one, in_axes=(0, None))
+  as_dtype = lambda x: jnp.asarray(x, dtype)
+  paths = SDEPath(key=keys, lr_sum=as_dtype(lr_sum), lr_sq=as_dtype(lr_sq), noise=as_dtype(noise),
+                  weight_decay=as_dtype(np.broadcast_to(weight_decay, (s,))))
+  return jax.device_get(devices.map_leading(run, paths, arrays))
 
 
 def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=False):
@@ -298,8 +362,13 @@ def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=F
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
-def _head_aware_one(order, lrs, k_phi, phi0, y, jphi0, k_phi_st, phit0, yt, jphit0, w0, b0,
-                    momentum, weight_decay, *, loss, eval_every, nesterov):
+def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
+  """One batch order [T, B]; shared = (HeadArrays, SGDHyper)."""
+  a, hp = shared
+  k_phi, phi0, y, jphi0 = a.k_phi, a.features_train_0, a.y_train, a.jw0_features_train
+  k_phi_st, phit0, yt, jphit0 = a.k_phi_test, a.features_test_0, a.y_test, a.jw0_features_test
+  w0, b0 = a.head_kernel, a.head_bias
+  lrs, momentum, weight_decay = hp.lrs, hp.momentum, hp.weight_decay
   steps, _ = order.shape
 
   def step(carry, inp):
@@ -373,11 +442,13 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   else:
     k_st = jnp.asarray(np.asarray(k_phi_test).T, dtype)  # [N, N_test]: rows by training sample
     phit0, yt = jnp.asarray(features_test_0, dtype), jnp.asarray(y_test)
+  arrays = HeadArrays(
+      k_phi=jnp.asarray(k_phi, dtype), features_train_0=phi0, y_train=jnp.asarray(y_train),
+      jw0_features_train=zeros_or(jw0_features_train, (n, d)), k_phi_test=k_st,
+      features_test_0=phit0, y_test=yt, jw0_features_test=zeros_or(jw0_features_test, phit0.shape),
+      head_kernel=jnp.asarray(head_kernel, dtype), head_bias=jnp.asarray(head_bias, dtype))
+  hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
+                   weight_decay=jnp.asarray(weight_decay, dtype))
   one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 13)
-  return jax.device_get(run(
-      orders, jnp.asarray(lrs, dtype), jnp.asarray(k_phi, dtype), phi0, jnp.asarray(y_train),
-      zeros_or(jw0_features_train, (n, d)), k_st, phit0, yt,
-      zeros_or(jw0_features_test, phit0.shape), jnp.asarray(head_kernel, dtype),
-      jnp.asarray(head_bias, dtype), jnp.asarray(momentum, dtype),
-      jnp.asarray(weight_decay, dtype)))
+  run = jax.vmap(one, in_axes=(0, None))
+  return jax.device_get(run(orders, (arrays, hyper)))
