@@ -267,7 +267,7 @@ def _sde_one(path, arrays, *, loss, eval_every, dt):
 
 def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, loss, eval_every,
                  dt=1, momentum=0.0, weight_decay=0.0, jw0_train=None, k_test_train=None,
-                 fx_test_0=None, y_test=None, jw0_test=None, population=None):
+                 fx_test_0=None, y_test=None, jw0_test=None, population=None, nesterov=False):
   """The paper's SDE, Euler–Maruyama, one path per key (DESIGN §3.2).
 
     dF = -(η̃/N) Θ r(F) dt + η̃ √(c/(B N)) Θ R(F) P dW_t,  η̃ = η/(1-m),
@@ -278,7 +278,7 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   which for dt = 1 is exactly one step's mean and covariance.
 
   The hyper-parameters may differ per path (lrs [S, T], batch_size, momentum,
-  weight_decay [S]), so that a whole grid of the same horizon is one
+  nesterov, weight_decay [S]), so that a whole grid of the same horizon is one
   simulation: its paths share every product with Θ (a matrix product rather
   than S matrix-vector products) and split over the devices together.
 
@@ -292,6 +292,16 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
     loss, eval_every: as simulate_sgd; dt must divide eval_every.
     dt: SGD steps per Euler–Maruyama step.
     momentum: m (or [S]), used only through the effective learning rate.
+    nesterov: Nesterov momentum (bool, or [S]) instead of heavy ball. The SDE is
+      the first-order (small η̃ a) limit, where both have the same effective
+      learning rate η̃ = η/(1-m): under a gradient g that changes by δ a step,
+      heavy ball moves η (g/(1-m) - m δ/(1-m)²) and Nesterov η (g/(1-m) - m² δ/(1-m)²),
+      while the SDE's drift moves η̃ g. With δ ~ a η̃ g on curvature a
+      (≤ h λ_max/N + λ) that is a relative error O(m η̃ a/(1-m)) per step for
+      heavy ball and m times that for Nesterov (from rest: a lag of m/(1-m) and
+      m²/(1-m) steps), first order in η̃ a for both. So it does not change the
+      simulation; it is taken so that the caller states it, and it matters for
+      the divergence limits (`lr_limit`), which the SDE does not reproduce.
     weight_decay: λ (or [S]), added to the drift as λ (F - F_0 + J w0).
     population: N_full when the N given samples stand for a training set of
       N_full (a random subset of it, each sample standing for N_full/N): the
@@ -314,6 +324,9 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   n_pop = n if population is None else population
   if n_pop < n:
     raise ValueError(f'population={population} is smaller than the {n} samples given')
+  nesterov = np.broadcast_to(nesterov, (s,))
+  if nesterov.dtype != np.bool_:
+    raise ValueError(f'nesterov must be a bool or [S] bools, got nesterov={nesterov!r}')
   bs = np.broadcast_to(batch_size, (s,)).astype(np.float64)
   if not np.all((bs >= 1) & (bs <= n_pop)):
     raise ValueError(f'batch_size={batch_size} must be in 1..N={n_pop}')
@@ -452,3 +465,4 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
   run = jax.vmap(one, in_axes=(0, None))
   return jax.device_get(run(orders, (arrays, hyper)))
+

@@ -165,7 +165,8 @@ def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_eve
     c, _, _ = dynamics.simulate_sde(
         keys, per_path(sgd.learning_rates), batch_size=per_path(lambda h: h.batch_size),
         momentum=per_path(lambda h: h.momentum), weight_decay=per_path(lambda h: h.weight_decay),
-        dt=dt, population=population, loss=loss, eval_every=eval_every, **arrays)
+        nesterov=per_path(lambda h: h.nesterov), dt=dt, population=population, loss=loss,
+        eval_every=eval_every, **arrays)
     share = (time.perf_counter() - start) / len(group)
     for j, i in enumerate(group):
       curves[i] = {name: v[j * num_paths:(j + 1) * num_paths] for name, v in c.items()}
