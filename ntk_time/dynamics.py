@@ -9,6 +9,7 @@ residuals r_i = ∂ℓ/∂f_i, held-out outputs F_test [N_test, C] moved by
   (+ λ (F - F_0 + J w0) with weight decay); exact for the linear model.
 - `simulate_sde`: the paper's SDE (§3.2), Euler–Maruyama over many paths.
 - `simulate_full_batch` and `mse_closed_form`: the deterministic limits.
+- `lr_limit`: the learning rate above which each of them diverges.
 
 Outputs are curves recorded every `eval_every` steps, step 0 included.
 """
@@ -466,3 +467,91 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   run = jax.vmap(one, in_axes=(0, None))
   return jax.device_get(run(orders, (arrays, hyper)))
 
+
+LIMIT_METHODS = ('exact', 'full_batch', 'head_aware', 'sde')
+
+
+def curvature_bound(loss):
+  """Largest eigenvalue h of ∂²ℓ/∂f² over all f: 1 for MSE, 1/2 for cross-entropy.
+
+  Cross-entropy's Hessian diag(p) - p pᵀ has λ_max ≤ 1/2 (reached at p = (½, ½, 0, ...)).
+  """
+  return 1.0 if losses.check(loss) == 'mse' else 0.5
+
+
+def lr_limit(method, max_eig, n, loss, *, momentum=0.0, nesterov=False, weight_decay=0.0, dt=1):
+  """The largest constant learning rate η at which `method` does not diverge.
+
+  All are the stability limits of the simulated map on a quadratic whose
+  curvature is at most a = h λ_max/N + λ (h = `curvature_bound(loss)`, λ the
+  weight decay: the step on F - F_0 + J w0 is η (Θ/N ∇²ℓ + λ I) times it).
+  For one mode x of curvature a:
+  - gradient descent, x <- (1 - η a) x: η a < 2;
+  - heavy ball (v <- m v + a x, x <- x - η v): z² - (1 + m - η a) z + m = 0 has
+    both roots in the unit disc iff η a < 2 (1 + m);
+  - Nesterov as optax (v <- m v + g, x <- x - η (g + m v)): the state matrix
+    [[1 - η a (1 + m), -η m²], [a, m]] has trace 1 + m - η a (1 + m) and
+    determinant m (1 - η a); Jury's conditions 1 + tr + det > 0, |det| < 1 give
+    η a < 2 (1 + m)/(1 + 2 m) (the other, η a < (1 + m)/m, is weaker);
+  - the SDE steps its drift by dt η̃ with η̃ = η/(1 - m), heavy ball or
+    Nesterov alike: dt η a/(1 - m) < 2, i.e. η < 2 (1 - m)/(dt a), 19× below
+    heavy ball's at m = 0.9. That is the limit of its drift (the mean of a
+    path, for MSE); the noise adds variance that grows the second moment, so
+    paths can diverge below it when B < N (measured: B = N/2 on a random
+    kernel at 0.97×).
+
+  What each limit means per method:
+  - 'full_batch': exact for MSE. For cross-entropy the curvature is below
+    h λ_max/N almost everywhere, so the limit is conservative; at m = 0 it is a
+    proven sufficient condition (descent on a convex, (h λ_max/N)-smooth
+    loss); at m > 0 it is the local quadratic bound at every point (a
+    guarantee for a convex non-quadratic loss is η a < 2 (1 - m), Ghadimi,
+    Feyzmahdavian & Johansson 2015).
+  - 'exact' (minibatches): the full-batch limit, exact for B = N. For B < N it
+    is the limit of the mean move under i.i.d. batches (`sgd.batch_order(...,
+    sampling='iid')`, MSE: E[F_{k+1} | F_k] is the full-batch map), so above
+    it the paths diverge; it is not sufficient: the batches' own curvature
+    λ_max(Θ_SS)/B (up to λ_max(Θ)/B) can make paths diverge below it. Measured
+    at B = N/2 (tests/test_limits.py): with m = 0.9 paths diverge at 0.97× of
+    it even on a kernel with a flat dominant top mode (heavy ball's bound needs
+    a coherent oscillation that minibatch noise breaks), and at m = 0 on a
+    plain random kernel; with epoch reshuffling (batches of an epoch dependent,
+    so not even the mean follows the full-batch map) paths at m = 0 on the
+    flat-top kernel converged at 1.03×.
+  - 'head_aware': the head-aware model is not a fixed quadratic (its kernel
+    K_φ ⊗ WᵀW + (ΦΦᵀ + 1) ⊗ I_C changes with the head and the features), so
+    the limit is that of its linearisation at w0, whose kernel is the logit
+    NTK Θ(w0) passed as max_eig: it says whether the start is stable, not
+    whether the run diverges. It is sharp with frozen features (a linear
+    probe); with moving features, runs measured at 1.03× and 1.5× of it
+    converged after a catapult (MSE, m = 0), and at m = 0.9 one diverged at
+    0.97× as the kernel grew.
+
+  Args:
+    method: one of LIMIT_METHODS.
+    max_eig: λ_max(Θ) (of [N, N, C, C], or of K for a class-traced kernel).
+    n: N, the samples of the mean in the loss.
+    loss: 'mse' or 'cross_entropy'.
+    momentum: m in [0, 1); nesterov: optax's Nesterov instead of heavy ball.
+    weight_decay: λ >= 0, as optax.add_decayed_weights.
+    dt: SGD steps per Euler–Maruyama step ('sde' only; ignored otherwise).
+
+  Returns:
+    The limit on the (peak, constant) learning rate η; inf where the curvature is 0.
+  """
+  if method not in LIMIT_METHODS:
+    raise ValueError(f'unknown method {method!r} for lr_limit; expected one of {LIMIT_METHODS}')
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f'momentum must be in [0, 1), got momentum={momentum!r}')
+  if not weight_decay >= 0.0:
+    raise ValueError(f'weight_decay must be >= 0, got weight_decay={weight_decay!r}')
+  if not (isinstance(dt, (int, np.integer)) and dt >= 1):
+    raise ValueError(f'dt must be a positive integer, got dt={dt!r}')
+  a = curvature_bound(loss) * max_eig / n + weight_decay
+  if a <= 0.0:
+    return float('inf')
+  if method == 'sde':
+    return 2.0 * (1.0 - momentum) / (dt * a)
+  if nesterov:
+    return 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) * a)
+  return 2.0 * (1.0 + momentum) / a

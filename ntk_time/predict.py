@@ -90,7 +90,7 @@ def to_seconds(steps: float | None, seconds_per_step: float) -> float | None:
 
 def curvature_bound(loss: str) -> float:
   """Largest eigenvalue of ∂²ℓ/∂f² over all f: 1 for MSE, 1/2 for cross-entropy."""
-  return 1.0 if losses.check(loss) == 'mse' else 0.5
+  return dynamics.curvature_bound(loss)
 
 
 def largest_eigenvalue(k: np.ndarray) -> float:
@@ -106,14 +106,17 @@ def largest_eigenvalue(k: np.ndarray) -> float:
                                          tol=1e-8)[0])
 
 
-def lr_limit(max_eig: float, n: int, loss: str, momentum: float = 0.0) -> float:
-  """The largest η for which full-batch linearised SGD cannot diverge.
+def lr_limit(max_eig: float, n: int, loss: str, momentum: float = 0.0, *,
+             method: str = 'full_batch', nesterov: bool = False, weight_decay: float = 0.0,
+             dt: int = 1) -> float:
+  """The largest η at which `method` does not diverge: `dynamics.lr_limit`.
 
-  Gradient descent with momentum m on an objective whose curvature is at most
-  h λ_max(Θ)/N is stable for η < 2 (1 + m) N / (h λ_max) (heavy ball on a
-  quadratic; a sufficient condition for the convex cross-entropy).
+  The default is full-batch heavy ball, η < 2 (1 + m) N / (h λ_max); the SDE's
+  is 2 (1 - m) N / (dt h λ_max), Nesterov's 2 (1 + m) N / ((1 + 2m) h λ_max),
+  and weight decay λ adds λ to the curvature h λ_max/N (see there).
   """
-  return 2.0 * (1.0 + momentum) * n / (curvature_bound(loss) * max_eig)
+  return dynamics.lr_limit(method, max_eig, n, loss, momentum=momentum, nesterov=nesterov,
+                           weight_decay=weight_decay, dt=dt)
 
 
 def _summarise(curves: dict, steps: np.ndarray, targets: Targets) -> tuple[dict, dict]:
@@ -268,7 +271,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     curves = jax.device_get(curves)
     seconds = sde_seconds[i] if method == 'sde' else time.perf_counter() - start
     steps = np.arange(0, hp.steps + 1, eval_every)
-    limit = lr_limit(max_eig, n, loss, hp.momentum)
+    limit = lr_limit(max_eig, n, loss, hp.momentum, method=method, nesterov=hp.nesterov,
+                     weight_decay=hp.weight_decay, dt=dt)
     out = {'hparams': hp.to_dict(), 'method': method, 'steps': steps, 'lr_limit': limit,
            'seconds': seconds, 'diverged': _diverged(curves)}
     if out['diverged']:
