@@ -9,11 +9,13 @@ residuals r_i = ∂ℓ/∂f_i, held-out outputs F_test [N_test, C] moved by
   (+ λ (F - F_0 + J w0) with weight decay); exact for the linear model.
 - `simulate_sde`: the paper's SDE (§3.2), Euler–Maruyama over many paths.
 - `simulate_full_batch` and `mse_closed_form`: the deterministic limits.
+- `lr_limit`: the learning rate above which each of them diverges.
 
 Outputs are curves recorded every `eval_every` steps, step 0 included.
 """
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +60,65 @@ def _stack(first, rest):
   return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
 
+# The jitted simulators take their arrays as a few named pytrees, so that
+# `jax.vmap(..., in_axes=(0, None))` maps the batched pytree (batch orders or
+# paths) over the shared one whatever fields they have: a new argument is a new
+# field, and cannot shift which arrays are mapped.
+
+
+class SimArrays(NamedTuple):
+  """The arrays of one linearisation, shared by every path; zeros for what is absent.
+
+  Kernels in the layout of `_prepare`: by columns [N, C, N'·C] for the minibatch
+  simulator; flat [N'·C, N·C], or a class-traced K [N', N], for the SDE.
+  """
+  k_train_train: jax.Array  # Θ[train, train], laid out
+  fx_train_0: jax.Array     # [N, C] F_0
+  y_train: jax.Array        # [N] int
+  jw0_train: jax.Array      # [N, C] J w0 (weight decay)
+  k_test_train: jax.Array   # Θ[test, train], laid out (N_test may be 0)
+  fx_test_0: jax.Array      # [N_test, C]
+  y_test: jax.Array         # [N_test] int
+  jw0_test: jax.Array       # [N_test, C]
+
+
+class HeadArrays(NamedTuple):
+  """The arrays of the head-aware model (`simulate_head_aware`), shared by every order."""
+  k_phi: jax.Array               # [N, N] feature kernel K_φ
+  features_train_0: jax.Array    # [N, D] φ(0)
+  y_train: jax.Array             # [N] int
+  jw0_features_train: jax.Array  # [N, D] (∂φ/∂θ) θ_0 (weight decay)
+  k_phi_test: jax.Array          # [N, N_test]: K_φ[test, train] transposed, rows by training sample
+  features_test_0: jax.Array     # [N_test, D]
+  y_test: jax.Array              # [N_test] int
+  jw0_features_test: jax.Array   # [N_test, D]
+  head_kernel: jax.Array         # [D, C] W_0
+  head_bias: jax.Array           # [C] b_0
+
+
+class SGDHyper(NamedTuple):
+  """Hyper-parameters of the minibatch simulators, shared by every order."""
+  lrs: jax.Array           # [T] η_k
+  momentum: jax.Array      # [] m
+  weight_decay: jax.Array  # [] λ
+
+
+class SDEPath(NamedTuple):
+  """One SDE path: its key and its hyper-parameters (batched: a leading [S] axis)."""
+  key: jax.Array           # PRNG key
+  lr_sum: jax.Array        # [T/dt] Σ η̃_k over each Euler–Maruyama step
+  lr_sq: jax.Array         # [T/dt] Σ η̃_k² over each Euler–Maruyama step
+  noise: jax.Array         # [] √(c/(B N))
+  weight_decay: jax.Array  # [] λ
+
+
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
-def _sgd_one(order, lrs, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, momentum, weight_decay, *,
-             loss, eval_every, nesterov):
+def _sgd_one(order, shared, *, loss, eval_every, nesterov):
+  """One batch order [T, B]; shared = (SimArrays by columns, SGDHyper)."""
+  a, hp = shared
+  k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
+  k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
+  lrs, momentum, weight_decay = hp.lrs, hp.momentum, hp.weight_decay
   steps, _ = order.shape
 
   def step(carry, inp):
@@ -113,7 +171,8 @@ def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_tes
     fxt0, yt = jnp.asarray(fx_test_0, dtype), jnp.asarray(y_test)
     jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
   k_tt = jnp.asarray(layout(k_train_train), dtype)
-  return k_tt, fx0, jnp.asarray(y_train), jw0, k_st, fxt0, yt, jw0t
+  return SimArrays(k_train_train=k_tt, fx_train_0=fx0, y_train=jnp.asarray(y_train), jw0_train=jw0,
+                   k_test_train=k_st, fx_test_0=fxt0, y_test=yt, jw0_test=jw0t)
 
 
 def _check_eval(steps, eval_every):
@@ -146,12 +205,12 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
   _check_eval(orders.shape[1], eval_every)
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=True)
-  dtype = arrays[1].dtype
+  dtype = arrays.fx_train_0.dtype
+  hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
+                   weight_decay=jnp.asarray(weight_decay, dtype))
   one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 11)
-  return jax.device_get(devices.map_leading(
-      run, orders, jnp.asarray(lrs, dtype), *arrays, jnp.asarray(momentum, dtype),
-      jnp.asarray(weight_decay, dtype)))
+  run = jax.vmap(one, in_axes=(0, None))
+  return jax.device_get(devices.map_leading(run, orders, (arrays, hyper)))
 
 
 def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
@@ -166,8 +225,13 @@ def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt'))
-def _sde_one(path, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, *, loss, eval_every, dt):
-  key, lr_sum, lr_sq, noise, weight_decay = path
+def _sde_one(path, arrays, *, loss, eval_every, dt):
+  """One path (SDEPath) on the shared SimArrays (flat or class-traced kernels)."""
+  key, lr_sum, lr_sq = path.key, path.lr_sum, path.lr_sq
+  noise, weight_decay = path.noise, path.weight_decay
+  a = arrays
+  k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
+  k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
   n = fx0.shape[0]
   n_steps = lr_sum.shape[0]
 
@@ -204,7 +268,7 @@ def _sde_one(path, k_tt, fx0, y, jw0, k_st, fxt0, yt, jw0t, *, loss, eval_every,
 
 def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, loss, eval_every,
                  dt=1, momentum=0.0, weight_decay=0.0, jw0_train=None, k_test_train=None,
-                 fx_test_0=None, y_test=None, jw0_test=None, population=None):
+                 fx_test_0=None, y_test=None, jw0_test=None, population=None, nesterov=False):
   """The paper's SDE, Euler–Maruyama, one path per key (DESIGN §3.2).
 
     dF = -(η̃/N) Θ r(F) dt + η̃ √(c/(B N)) Θ R(F) P dW_t,  η̃ = η/(1-m),
@@ -215,7 +279,7 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   which for dt = 1 is exactly one step's mean and covariance.
 
   The hyper-parameters may differ per path (lrs [S, T], batch_size, momentum,
-  weight_decay [S]), so that a whole grid of the same horizon is one
+  nesterov, weight_decay [S]), so that a whole grid of the same horizon is one
   simulation: its paths share every product with Θ (a matrix product rather
   than S matrix-vector products) and split over the devices together.
 
@@ -229,6 +293,16 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
     loss, eval_every: as simulate_sgd; dt must divide eval_every.
     dt: SGD steps per Euler–Maruyama step.
     momentum: m (or [S]), used only through the effective learning rate.
+    nesterov: Nesterov momentum (bool, or [S]) instead of heavy ball. The SDE is
+      the first-order (small η̃ a) limit, where both have the same effective
+      learning rate η̃ = η/(1-m): under a gradient g that changes by δ a step,
+      heavy ball moves η (g/(1-m) - m δ/(1-m)²) and Nesterov η (g/(1-m) - m² δ/(1-m)²),
+      while the SDE's drift moves η̃ g. With δ ~ a η̃ g on curvature a
+      (≤ h λ_max/N + λ) that is a relative error O(m η̃ a/(1-m)) per step for
+      heavy ball and m times that for Nesterov (from rest: a lag of m/(1-m) and
+      m²/(1-m) steps), first order in η̃ a for both. So it does not change the
+      simulation; it is taken so that the caller states it, and it matters for
+      the divergence limits (`lr_limit`), which the SDE does not reproduce.
     weight_decay: λ (or [S]), added to the drift as λ (F - F_0 + J w0).
     population: N_full when the N given samples stand for a training set of
       N_full (a random subset of it, each sample standing for N_full/N): the
@@ -251,6 +325,9 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   n_pop = n if population is None else population
   if n_pop < n:
     raise ValueError(f'population={population} is smaller than the {n} samples given')
+  nesterov = np.broadcast_to(nesterov, (s,))
+  if nesterov.dtype != np.bool_:
+    raise ValueError(f'nesterov must be a bool or [S] bools, got nesterov={nesterov!r}')
   bs = np.broadcast_to(batch_size, (s,)).astype(np.float64)
   if not np.all((bs >= 1) & (bs <= n_pop)):
     raise ValueError(f'batch_size={batch_size} must be in 1..N={n_pop}')
@@ -262,10 +339,11 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=False)
   one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 8)
-  paths = (keys, *(jnp.asarray(a, dtype) for a in
-                   (lr_sum, lr_sq, noise, np.broadcast_to(weight_decay, (s,)))))
-  return jax.device_get(devices.map_leading(run, paths, *arrays))
+  run = jax.vmap(one, in_axes=(0, None))
+  as_dtype = lambda x: jnp.asarray(x, dtype)
+  paths = SDEPath(key=keys, lr_sum=as_dtype(lr_sum), lr_sq=as_dtype(lr_sq), noise=as_dtype(noise),
+                  weight_decay=as_dtype(np.broadcast_to(weight_decay, (s,))))
+  return jax.device_get(devices.map_leading(run, paths, arrays))
 
 
 def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=False):
@@ -298,8 +376,13 @@ def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=F
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
-def _head_aware_one(order, lrs, k_phi, phi0, y, jphi0, k_phi_st, phit0, yt, jphit0, w0, b0,
-                    momentum, weight_decay, *, loss, eval_every, nesterov):
+def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
+  """One batch order [T, B]; shared = (HeadArrays, SGDHyper)."""
+  a, hp = shared
+  k_phi, phi0, y, jphi0 = a.k_phi, a.features_train_0, a.y_train, a.jw0_features_train
+  k_phi_st, phit0, yt, jphit0 = a.k_phi_test, a.features_test_0, a.y_test, a.jw0_features_test
+  w0, b0 = a.head_kernel, a.head_bias
+  lrs, momentum, weight_decay = hp.lrs, hp.momentum, hp.weight_decay
   steps, _ = order.shape
 
   def step(carry, inp):
@@ -373,11 +456,104 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   else:
     k_st = jnp.asarray(np.asarray(k_phi_test).T, dtype)  # [N, N_test]: rows by training sample
     phit0, yt = jnp.asarray(features_test_0, dtype), jnp.asarray(y_test)
+  arrays = HeadArrays(
+      k_phi=jnp.asarray(k_phi, dtype), features_train_0=phi0, y_train=jnp.asarray(y_train),
+      jw0_features_train=zeros_or(jw0_features_train, (n, d)), k_phi_test=k_st,
+      features_test_0=phit0, y_test=yt, jw0_features_test=zeros_or(jw0_features_test, phit0.shape),
+      head_kernel=jnp.asarray(head_kernel, dtype), head_bias=jnp.asarray(head_bias, dtype))
+  hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
+                   weight_decay=jnp.asarray(weight_decay, dtype))
   one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
-  run = jax.vmap(one, in_axes=(0,) + (None,) * 13)
-  return jax.device_get(run(
-      orders, jnp.asarray(lrs, dtype), jnp.asarray(k_phi, dtype), phi0, jnp.asarray(y_train),
-      zeros_or(jw0_features_train, (n, d)), k_st, phit0, yt,
-      zeros_or(jw0_features_test, phit0.shape), jnp.asarray(head_kernel, dtype),
-      jnp.asarray(head_bias, dtype), jnp.asarray(momentum, dtype),
-      jnp.asarray(weight_decay, dtype)))
+  run = jax.vmap(one, in_axes=(0, None))
+  return jax.device_get(run(orders, (arrays, hyper)))
+
+
+LIMIT_METHODS = ('replay', 'full_batch', 'head_aware', 'sde', 'nt_gradient_descent')
+
+
+def curvature_bound(loss):
+  """Largest eigenvalue h of ∂²ℓ/∂f² over all f: 1 for MSE, 1/2 for cross-entropy.
+
+  Cross-entropy's Hessian diag(p) - p pᵀ has λ_max ≤ 1/2 (reached at p = (½, ½, 0, ...)).
+  """
+  return 1.0 if losses.check(loss) == 'mse' else 0.5
+
+
+def lr_limit(method, max_eig, n, loss, *, momentum=0.0, nesterov=False, weight_decay=0.0, dt=1):
+  """The largest constant learning rate η at which `method` does not diverge.
+
+  All are the stability limits of the simulated map on a quadratic whose
+  curvature is at most a = h λ_max/N + λ (h = `curvature_bound(loss)`, λ the
+  weight decay: the step on F - F_0 + J w0 is η (Θ/N ∇²ℓ + λ I) times it).
+  For one mode x of curvature a:
+  - gradient descent, x <- (1 - η a) x: η a < 2;
+  - heavy ball (v <- m v + a x, x <- x - η v): z² - (1 + m - η a) z + m = 0 has
+    both roots in the unit disc iff η a < 2 (1 + m);
+  - Nesterov as optax (v <- m v + g, x <- x - η (g + m v)): the state matrix
+    [[1 - η a (1 + m), -η m²], [a, m]] has trace 1 + m - η a (1 + m) and
+    determinant m (1 - η a); Jury's conditions 1 + tr + det > 0, |det| < 1 give
+    η a < 2 (1 + m)/(1 + 2 m) (the other, η a < (1 + m)/m, is weaker);
+  - the SDE steps its drift by dt η̃ with η̃ = η/(1 - m), heavy ball or
+    Nesterov alike: dt η a/(1 - m) < 2, i.e. η < 2 (1 - m)/(dt a), 19× below
+    heavy ball's at m = 0.9. That is the limit of its drift (the mean of a
+    path, for MSE); the noise adds variance that grows the second moment, so
+    paths can diverge below it when B < N (measured: B = N/2 on a random
+    kernel at 0.97×).
+
+  What each limit means per method:
+  - 'full_batch': exact for MSE. For cross-entropy the curvature is below
+    h λ_max/N almost everywhere, so the limit is conservative; at m = 0 it is a
+    proven sufficient condition (descent on a convex, (h λ_max/N)-smooth
+    loss); at m > 0 it is the local quadratic bound at every point (a
+    guarantee for a convex non-quadratic loss is η a < 2 (1 - m), Ghadimi,
+    Feyzmahdavian & Johansson 2015).
+  - 'replay' (minibatches): the full-batch limit, exact for B = N. For B < N it
+    is the limit of the mean move under i.i.d. batches (`sgd.batch_order(...,
+    sampling='iid')`, MSE: E[F_{k+1} | F_k] is the full-batch map), so above
+    it the paths diverge; it is not sufficient: the batches' own curvature
+    λ_max(Θ_SS)/B (up to λ_max(Θ)/B) can make paths diverge below it. Measured
+    at B = N/2 (tests/test_limits.py): with m = 0.9 paths diverge at 0.97× of
+    it even on a kernel with a flat dominant top mode (heavy ball's bound needs
+    a coherent oscillation that minibatch noise breaks), and at m = 0 on a
+    plain random kernel; with epoch reshuffling (batches of an epoch dependent,
+    so not even the mean follows the full-batch map) paths at m = 0 on the
+    flat-top kernel converged at 1.03×.
+  - 'head_aware': the head-aware model is not a fixed quadratic (its kernel
+    K_φ ⊗ WᵀW + (ΦΦᵀ + 1) ⊗ I_C changes with the head and the features), so
+    the limit is that of its linearisation at w0, whose kernel is the logit
+    NTK Θ(w0) passed as max_eig: it says whether the start is stable, not
+    whether the run diverges. It is sharp with frozen features (a linear
+    probe); with moving features, runs measured at 1.03× and 1.5× of it
+    converged after a catapult (MSE, m = 0), and at m = 0.9 one diverged at
+    0.97× as the kernel grew.
+  - 'nt_gradient_descent': gradient flow, an ODE solved to tolerance, has no
+    step to make unstable: inf.
+
+  Args:
+    method: one of LIMIT_METHODS.
+    max_eig: λ_max(Θ) (of [N, N, C, C], or of K for a class-traced kernel).
+    n: N, the samples of the mean in the loss.
+    loss: 'mse' or 'cross_entropy'.
+    momentum: m in [0, 1); nesterov: optax's Nesterov instead of heavy ball.
+    weight_decay: λ >= 0, as optax.add_decayed_weights.
+    dt: SGD steps per Euler–Maruyama step ('sde' only; ignored otherwise).
+
+  Returns:
+    The limit on the (peak, constant) learning rate η; inf where the curvature is 0.
+  """
+  if method not in LIMIT_METHODS:
+    raise ValueError(f'unknown method {method!r} for lr_limit; expected one of {LIMIT_METHODS}')
+  if not 0.0 <= momentum < 1.0:
+    raise ValueError(f'momentum must be in [0, 1), got momentum={momentum!r}')
+  if not weight_decay >= 0.0:
+    raise ValueError(f'weight_decay must be >= 0, got weight_decay={weight_decay!r}')
+  if not (isinstance(dt, (int, np.integer)) and dt >= 1):
+    raise ValueError(f'dt must be a positive integer, got dt={dt!r}')
+  a = curvature_bound(loss) * max_eig / n + weight_decay
+  if a <= 0.0 or method == 'nt_gradient_descent':
+    return float('inf')
+  if method == 'sde':
+    return 2.0 * (1.0 - momentum) / (dt * a)
+  if nesterov:
+    return 2.0 * (1.0 + momentum) / ((1.0 + 2.0 * momentum) * a)
+  return 2.0 * (1.0 + momentum) / a

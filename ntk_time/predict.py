@@ -33,11 +33,6 @@ def to_seconds(steps: float | None, seconds_per_step: float) -> float | None:
   return None if steps is None else float(steps) * seconds_per_step
 
 
-def curvature_bound(loss: str) -> float:
-  """Largest eigenvalue of ∂²ℓ/∂f² over all f: 1 for MSE, 1/2 for cross-entropy."""
-  return 1.0 if losses.check(loss) == 'mse' else 0.5
-
-
 def largest_eigenvalue(k: np.ndarray) -> float:
   """λ_max of Θ ([N, N, C, C], or a class-traced K [N, N]: λ_max(K ⊗ I_C) = λ_max(K)).
 
@@ -49,16 +44,6 @@ def largest_eigenvalue(k: np.ndarray) -> float:
     return float(np.linalg.eigvalsh(flat)[-1])
   return float(scipy.sparse.linalg.eigsh(flat, k=1, which='LA', return_eigenvectors=False,
                                          tol=1e-8)[0])
-
-
-def lr_limit(max_eig: float, n: int, loss: str, momentum: float = 0.0) -> float:
-  """The largest η for which full-batch linearised SGD cannot diverge.
-
-  Gradient descent with momentum m on an objective whose curvature is at most
-  h λ_max(Θ)/N is stable for η < 2 (1 + m) N / (h λ_max) (heavy ball on a
-  quadratic; a sufficient condition for the convex cross-entropy).
-  """
-  return 2.0 * (1.0 + momentum) * n / (curvature_bound(loss) * max_eig)
 
 
 def _summarise(curves: dict, steps: np.ndarray, targets: times_lib.Targets
@@ -104,7 +89,8 @@ def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_eve
     c, _, _ = dynamics.simulate_sde(
         keys, per_path(sgd.learning_rates), batch_size=per_path(lambda h: h.batch_size),
         momentum=per_path(lambda h: h.momentum), weight_decay=per_path(lambda h: h.weight_decay),
-        dt=dt, population=population, loss=loss, eval_every=eval_every, **arrays)
+        nesterov=per_path(lambda h: h.nesterov), dt=dt, population=population, loss=loss,
+        eval_every=eval_every, **arrays)
     share = (time.perf_counter() - start) / len(group)
     for j, i in enumerate(group):
       curves[i] = {name: v[j * num_paths:(j + 1) * num_paths] for name, v in c.items()}
@@ -226,7 +212,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       curves = _nt_curves(lin, y_train, y_test, hp, steps, loss)
     curves = jax.device_get(curves)
     seconds = sde_seconds[i] if method == 'sde' else time.perf_counter() - start
-    limit = lr_limit(max_eig, n, loss, hp.momentum)
+    limit = dynamics.lr_limit(method, max_eig, n, loss, momentum=hp.momentum,
+                              nesterov=hp.nesterov, weight_decay=hp.weight_decay, dt=dt)
     pred = summary_lib.Prediction(method=method, hparams=hp.to_dict(), steps=steps,
                                   lr_limit=limit, seconds=seconds, diverged=_diverged(curves))
     if not pred.diverged:

@@ -16,6 +16,7 @@ import numpy as np
 import optax
 
 SCHEDULES = ('constant', 'cosine', 'linear')
+SAMPLINGS = ('epoch', 'iid')  # how `batch_order` draws minibatches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,15 +102,31 @@ def make_optimizer(hp: SGD) -> optax.GradientTransformation:
   return sgd
 
 
-def batch_order(key: jax.Array, n: int, batch_size: int, steps: int) -> np.ndarray:
+def batch_order(key: jax.Array, n: int, batch_size: int, steps: int,
+                sampling: str = 'epoch') -> np.ndarray:
   """Minibatch indices for `steps` SGD steps: [steps, B] int32.
 
-  Epochs of a fresh random permutation, without replacement inside an epoch;
-  the last incomplete batch of an epoch is dropped so that every batch has
-  exactly B distinct samples (the model the SDE's factor c assumes).
+  sampling='epoch' (the default, what real fine-tuning usually does): epochs of
+  a fresh random permutation, without replacement inside an epoch; the last
+  incomplete batch of an epoch is dropped so that every batch has exactly B
+  distinct samples. The batches of one epoch are dependent (they share no
+  sample), which the SDE's noise, i.i.d. across steps, does not model.
+  sampling='iid': every step draws B distinct samples afresh (uniformly,
+  without replacement inside the batch), independently of the other steps:
+  exactly the model of the SDE, whose per-step mean and covariance with the
+  factor c = (N - B)/(N - 1) are those of one such batch.
+
+  Both are plain order arrays: the real runs (`finetune.py`) and the replaying
+  simulator (`dynamics.simulate_sgd`) take either unchanged.
   """
+  if sampling not in SAMPLINGS:
+    raise ValueError(f'unknown sampling {sampling!r}; expected one of {SAMPLINGS}')
   if batch_size > n:
     raise ValueError(f'batch_size={batch_size} is larger than the training set (N={n})')
+  if sampling == 'iid':
+    keys = jax.random.split(key, steps)
+    batches = jax.vmap(lambda k: jax.random.permutation(k, n)[:batch_size])(keys)
+    return np.asarray(batches).astype(np.int32)
   per_epoch = n // batch_size
   epochs = -(-steps // per_epoch)
   keys = jax.random.split(key, epochs)
