@@ -32,7 +32,7 @@ def run(config, workdir: str, index: int = 0, seed: int = 0, progress: bool = Tr
   task, model, variables, _, _ = finetune.target_from_config(config, workdir, keys['head'],
                                                              progress)
   order = sgd.batch_order(jax.random.fold_in(keys['order'], seed), len(task.x_train),
-                          hp.batch_size, hp.steps)
+                          hp.batch_size, hp.steps, ft.sampling)
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   return finetune.finetune(apply_fn, variables['params'], task, hp, order, loss=ft.loss,
                            eval_every=ft.eval_every, workdir=os.path.join(workdir, 'run'),

@@ -109,6 +109,8 @@ def check(config) -> list[sgd.SGD]:
   if ft.checkpoint_every % ft.eval_every:
     raise ValueError(f'finetune.checkpoint_every={ft.checkpoint_every} must be a multiple of '
                      f'finetune.eval_every={ft.eval_every}')
+  if ft.sampling not in sgd.SAMPLINGS:
+    raise ValueError(f'unknown finetune.sampling={ft.sampling!r}; expected one of {sgd.SAMPLINGS}')
   grid = sgd.grid(ft)  # each point checks its own lr, momentum, batch size, schedule
   if config.target.n_train != -1:
     for hp in grid:

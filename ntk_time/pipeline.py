@@ -217,8 +217,8 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
 
   # Same batch orders for the real runs and the replaying simulators.
   orders = [np.stack([sgd.batch_order(jax.random.fold_in(keys['order'], s), len(task.x_train),
-                                      hp.batch_size, hp.steps) for s in range(ft.seeds)])
-            for hp in configs]
+                                      hp.batch_size, hp.steps, ft.sampling)
+                       for s in range(ft.seeds)]) for hp in configs]
 
   t0 = time.perf_counter()
   step_seconds, flop_seconds, flops = _step_timings(apply_fn, params, task, configs, ft.loss,
@@ -388,7 +388,8 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
       if progress:
         print(f'[{bar_desc}] real run {i * ft.seeds + s + 1}: {name}')
       run_hash = wd.config_hash({**pr.base, 'hp': hp.to_dict(), 'seed_run': s, 'loss': ft.loss,
-                                 'eval_every': ft.eval_every, 'drift': n_drift})
+                                 'eval_every': ft.eval_every, 'drift': n_drift,
+                                 'order': wd.digest(pr.orders[i][s])})
       r, c = real_run(pr.apply_fn, pr.params, task, hp, pr.orders[i][s], config,
                       os.path.join(workdir, 'runs', name), run_hash,
                       k0_sub if s == 0 else None, drift_x, progress)

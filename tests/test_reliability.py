@@ -51,6 +51,7 @@ CONFIG_CASES = [
     ('finetune.lr', (), ValueError, 'finetune.lr is an empty list'),
     ('finetune.loss', 'hinge', ValueError, "unknown finetune.loss='hinge'"),
     ('finetune.schedule', 'step', ValueError, "unknown schedule 'step'"),
+    ('finetune.sampling', 'poisson', ValueError, "unknown finetune.sampling='poisson'"),
     ('finetune.optimizer', 'adam', ValueError, "unknown config field finetune.optimizer='adam'"),
     ('predict.eps', 0.0, ValueError, 'eps=0.0'),
     ('predict.eps', -0.1, ValueError, 'eps=-0.1'),

@@ -42,6 +42,10 @@ def get_config() -> mlc.ConfigDict:
       # two batch sizes; lr stays below the linearised stability bound at m = 0.
       lr=(0.003, 0.01), batch_size=(10, 50), momentum=(0.0, 0.9), weight_decay=(0.0,),
       nesterov=False, schedule='constant',
+      # Minibatches: 'epoch' (reshuffled once per epoch, as real training does) or 'iid'
+      # (B distinct samples drawn afresh every step: the SDE's noise model), the same
+      # orders for the real runs and the replaying simulators.
+      sampling='epoch',
       # Real runs per configuration (batch orders); seed s uses fold_in(key, s).
       seeds=1,
       # Steps between saved training states (a multiple of eval_every): an
