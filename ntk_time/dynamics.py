@@ -112,9 +112,13 @@ class SDEPath(NamedTuple):
   weight_decay: jax.Array  # [] λ
 
 
-@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
-def _sgd_one(order, shared, *, loss, eval_every, nesterov):
-  """One batch order [T, B]; shared = (SimArrays by columns, SGDHyper)."""
+@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov', 'full_batch'))
+def _sgd_one(order, shared, *, loss, eval_every, nesterov, full_batch=False):
+  """One batch order [T, B]; shared = (SimArrays by columns, SGDHyper).
+
+  full_batch: every sample in every step (the order only counts the steps), as
+  one product with the whole kernel rather than a gather of all its columns.
+  """
   a, hp = shared
   k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
   k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
@@ -124,9 +128,12 @@ def _sgd_one(order, shared, *, loss, eval_every, nesterov):
   def step(carry, inp):
     f, u, ft, ut = carry
     idx, lr = inp
-    r = losses.residual(loss, f[idx], y[idx])  # [B, C]
-    g = (jnp.einsum('bcm,bc->m', k_tt[idx], r) / idx.shape[0]).reshape(f.shape)
-    gt = (jnp.einsum('bcm,bc->m', k_st[idx], r) / idx.shape[0]).reshape(ft.shape)
+    if full_batch:
+      kb, kbt, r = k_tt, k_st, losses.residual(loss, f, y)  # [N, C]
+    else:
+      kb, kbt, r = k_tt[idx], k_st[idx], losses.residual(loss, f[idx], y[idx])  # [B, C]
+    g = (jnp.einsum('bcm,bc->m', kb, r) / r.shape[0]).reshape(f.shape)
+    gt = (jnp.einsum('bcm,bc->m', kbt, r) / r.shape[0]).reshape(ft.shape)
     g = g + weight_decay * (f - fx0 + jw0)
     gt = gt + weight_decay * (ft - fxt0 + jw0t)
     u, ut = momentum * u + g, momentum * ut + gt
@@ -182,7 +189,8 @@ def _check_eval(steps, eval_every):
 
 def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_every,
                  momentum=0.0, nesterov=False, weight_decay=0.0, jw0_train=None,
-                 k_test_train=None, fx_test_0=None, y_test=None, jw0_test=None):
+                 k_test_train=None, fx_test_0=None, y_test=None, jw0_test=None,
+                 _full_batch=False):
   """Exact SGD on the linearised model for several batch orders at once.
 
   Args:
@@ -208,7 +216,8 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
   dtype = arrays.fx_train_0.dtype
   hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
                    weight_decay=jnp.asarray(weight_decay, dtype))
-  one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
+  one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov,
+                          full_batch=_full_batch)
   run = jax.vmap(one, in_axes=(0, None))
   return jax.device_get(devices.map_leading(run, orders, (arrays, hyper)))
 
@@ -219,9 +228,8 @@ def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
   Same arguments as `simulate_sgd` without `orders`; returns its outputs for
   one path (leading axis of size 1).
   """
-  n = np.shape(fx_train_0)[0]
-  orders = np.broadcast_to(np.arange(n, dtype=np.int32), (1, len(lrs), n))
-  return simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, **kwargs)
+  steps = np.zeros((1, len(lrs), 1), np.int32)  # only counts the steps
+  return simulate_sgd(steps, lrs, k_train_train, fx_train_0, y_train, _full_batch=True, **kwargs)
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt'))

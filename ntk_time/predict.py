@@ -6,6 +6,7 @@ and the training time under each definition of DESIGN §3.3, on the mean curve
 and as quantiles over paths. Times are in SGD steps; `to_seconds` converts.
 """
 
+import dataclasses
 import time
 
 import jax
@@ -185,9 +186,10 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
   if method == 'sde':
     sde_curves, sde_seconds = _sde_grid(configs, key, num_paths, dt, population, arrays,
                                         loss=loss, eval_every=eval_every)
-  results = []
+  results, deterministic = [], {}
   for i, hp in enumerate(configs):
     lrs = sgd.learning_rates(hp)
+    no_batches = dataclasses.replace(hp, batch_size=1)
     steps = np.arange(0, hp.steps + 1, eval_every)
     start = time.perf_counter()
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
@@ -206,10 +208,14 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       curves, _, _ = dynamics.simulate_head_aware(
           o, lrs, loss=loss, eval_every=eval_every, momentum=hp.momentum, nesterov=hp.nesterov,
           weight_decay=hp.weight_decay, **head_arrays)
+    elif no_batches in deterministic:  # the same configuration but for B: the same curves
+      curves = deterministic[no_batches]
     elif method == 'full_batch':
       curves, _, _ = dynamics.simulate_full_batch(lrs, nesterov=hp.nesterov, **common)
     else:
       curves = _nt_curves(lin, y_train, y_test, hp, steps, loss)
+    if method in ('full_batch', 'nt_gradient_descent'):
+      deterministic[no_batches] = curves
     curves = jax.device_get(curves)
     seconds = sde_seconds[i] if method == 'sde' else time.perf_counter() - start
     limit = dynamics.lr_limit(method, max_eig, n, loss, momentum=hp.momentum,
