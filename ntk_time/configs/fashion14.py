@@ -12,5 +12,5 @@ from ntk_time.configs import default
 def get_config():
   c = default.get_config()
   c.target.image_size = 14
-  c.finetune.seeds = 2
+  c.finetune.seeds = 3
   return c
