@@ -98,3 +98,23 @@ def test_sde_epoch_noise_is_refused_by_name_and_vanishes_at_full_batch():
                                        sampling='epoch', **kw)
     ode, _, _ = dynamics.simulate_full_batch(np.full(8, 0.1), k, f0, y, **kw)
   np.testing.assert_allclose(full['train_loss'], np.repeat(ode['train_loss'], 3, 0), rtol=1e-12)
+
+
+def test_noise_model_script_runs_end_to_end(tmp_path):
+  """experiments/noise_model.py at toy sizes: every kind, its table and JSON."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = tmp_path / 'noise.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'experiments.noise_model', '--n=30', '--classes=3', '--features=30',
+       '--steps=20', '--eval_every=10', '--paths=4', '--batch_sizes=5', '--momenta=0,0.9',
+       '--losses=mse', '--lr_fracs=0.05', f'--out={out}'],
+      cwd=root, capture_output=True, text=True, check=True)
+  assert 'sde_epoch' in proc.stdout
+  [r0, r1] = json.loads(out.read_text())['results']
+  assert (r0['momentum'], r1['momentum']) == (0.0, 0.9)
+  for kind in ('epoch', 'iid', 'sde', 'sde_epoch'):
+    assert not r0[kind]['diverged'] and len(r0[kind]['mean']) == 3
