@@ -44,9 +44,12 @@ def _columns(k):
 
   The simulators read Θ by columns of the batch samples; this layout makes each
   such column one contiguous row, so a minibatch is a row gather and a full
-  move is one matrix product.
+  move is one matrix product. A class-traced K [N1, N2] (Θ = K ⊗ I_C) becomes
+  Kᵀ [N2, N1], its columns as rows.
   """
   k = np.asarray(k)
+  if k.ndim == 2:
+    return k.T
   n1, n2, c, _ = k.shape
   return k.transpose(1, 3, 0, 2).reshape(n2, c, n1 * c)
 
@@ -110,6 +113,9 @@ class SDEPath(NamedTuple):
   lr_sq: jax.Array         # [T/dt] Σ η̃_k² over each Euler–Maruyama step
   noise: jax.Array         # [] √(c/(B N))
   weight_decay: jax.Array  # [] λ
+  lr_each: jax.Array       # [T/dt, dt] η̃_k of each SGD step ('epoch' sampling)
+  epoch_len: jax.Array     # [] int E = ⌊N/B⌋, SGD steps per epoch ('epoch' sampling)
+  rho: jax.Array           # [] B/(N - B): minus the correlation of two steps of an epoch
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov', 'full_batch'))
@@ -132,8 +138,12 @@ def _sgd_one(order, shared, *, loss, eval_every, nesterov, full_batch=False):
       kb, kbt, r = k_tt, k_st, losses.residual(loss, f, y)  # [N, C]
     else:
       kb, kbt, r = k_tt[idx], k_st[idx], losses.residual(loss, f[idx], y[idx])  # [B, C]
-    g = (jnp.einsum('bcm,bc->m', kb, r) / r.shape[0]).reshape(f.shape)
-    gt = (jnp.einsum('bcm,bc->m', kbt, r) / r.shape[0]).reshape(ft.shape)
+    if k_tt.ndim == 2:  # K ⊗ I_C: K[:, S] r_S, C² times less kernel read per step
+      g = kb.T @ r / r.shape[0]
+      gt = kbt.T @ r / r.shape[0]
+    else:
+      g = (jnp.einsum('bcm,bc->m', kb, r) / r.shape[0]).reshape(f.shape)
+      gt = (jnp.einsum('bcm,bc->m', kbt, r) / r.shape[0]).reshape(ft.shape)
     g = g + weight_decay * (f - fx0 + jw0)
     gt = gt + weight_decay * (ft - fxt0 + jw0t)
     u, ut = momentum * u + g, momentum * ut + gt
@@ -157,20 +167,24 @@ def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_tes
              jw0_test, columns):
   """The simulators' arrays, zeros for what is absent; kernels by columns or flat.
 
-  columns=True: `_columns` layout [N, C, N'·C], for minibatch row gathers.
+  columns=True: `_columns` layout [N, C, N'·C] (class-traced: Kᵀ [N, N']), for
+  minibatch row gathers.
   columns=False: flat [N'·C, N·C] (index i·C + c), for full matrix-vector products;
   class-traced kernels K [N', N] stay as they are.
   """
+  traced = np.ndim(k_train_train) == 2  # class-traced: Θ = K ⊗ I_C, kept as K
   layout = _columns if columns else _flat
-  if not columns and np.ndim(k_train_train) == 2:  # class-traced: Θ = K ⊗ I_C, kept as K
+  if not columns and traced:
     layout = np.asarray
   fx0 = jnp.asarray(fx_train_0)
   n, c = fx0.shape
   dtype = fx0.dtype
   jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
   if k_test_train is None:
-    traced = not columns and np.ndim(k_train_train) == 2
-    k_st = jnp.zeros((n, c, 0) if columns else (0, n if traced else n * c), dtype)
+    if columns:
+      k_st = jnp.zeros((n, 0) if traced else (n, c, 0), dtype)
+    else:
+      k_st = jnp.zeros((0, n if traced else n * c), dtype)
     fxt0 = jnp.zeros((0, c), dtype)
     yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
   else:
@@ -180,6 +194,9 @@ def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_tes
   k_tt = jnp.asarray(layout(k_train_train), dtype)
   return SimArrays(k_train_train=k_tt, fx_train_0=fx0, y_train=jnp.asarray(y_train), jw0_train=jw0,
                    k_test_train=k_st, fx_test_0=fxt0, y_test=yt, jw0_test=jw0t)
+
+
+SDE_SAMPLINGS = ('iid', 'epoch')  # the minibatch models of simulate_sde's noise
 
 
 def _check_eval(steps, eval_every):
@@ -197,6 +214,8 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
     orders: [S, T, B] int minibatch indices (S orders, T steps).
     lrs: [T] learning rate η_k of each step.
     k_train_train: [N, N, C, C]; fx_train_0: [N, C]; y_train: [N] int labels.
+      Or a class-traced K [N, N] (and k_test_train [N_test, N]) for Θ = K ⊗ I_C,
+      simulated without expanding it (C² times less kernel read per step).
     loss: 'cross_entropy' or 'mse'.
     eval_every: record curves every this many steps (divides T).
     momentum, nesterov, weight_decay: as optax.sgd / add_decayed_weights.
@@ -232,8 +251,27 @@ def simulate_full_batch(lrs, k_train_train, fx_train_0, y_train, **kwargs):
   return simulate_sgd(steps, lrs, k_train_train, fx_train_0, y_train, _full_batch=True, **kwargs)
 
 
-@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt'))
-def _sde_one(path, arrays, *, loss, eval_every, dt):
+def _epoch_noise(key, step, s_sum, epoch_len, rho, dtype, n):
+  """The sample-weight noise of SGD step `step` given s_sum, its epoch's sum so far.
+
+  Over an epoch of E steps the noises x_1..x_E (each N(0, I_N) before the
+  centring P) have correlation -ρ between any two steps, ρ = B/(N - B), as the
+  sample weights of a reshuffled epoch do; drawn one after the other, x_p given
+  the p earlier ones is Gaussian with mean -ρ/(1 - ρ(p-1)) Σ_{<p} x and
+  variance 1 - ρ² p/(1 - ρ(p-1)) (0 for the last step when B divides N: the
+  epoch's noise then sums to zero). Returns (x, new epoch sum).
+  """
+  p = step % epoch_len
+  s_sum = jnp.where(p == 0, jnp.zeros_like(s_sum), s_sum)
+  denom = 1.0 - rho * (p - 1)
+  var = jnp.maximum(1.0 - rho**2 * p / denom, 0.0)
+  z = jax.random.normal(jax.random.fold_in(key, step), (n,), dtype)
+  x = -rho / denom * s_sum + jnp.sqrt(var) * z
+  return x, s_sum + x
+
+
+@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt', 'sampling'))
+def _sde_one(path, arrays, *, loss, eval_every, dt, sampling):
   """One path (SDEPath) on the shared SimArrays (flat or class-traced kernels)."""
   key, lr_sum, lr_sq = path.key, path.lr_sum, path.lr_sq
   noise, weight_decay = path.noise, path.weight_decay
@@ -244,14 +282,22 @@ def _sde_one(path, arrays, *, loss, eval_every, dt):
   n_steps = lr_sum.shape[0]
 
   def step(carry, inp):
-    f, ft = carry
-    i, a_sum, a_sq = inp
+    f, ft, s_sum = carry
+    i, a_sum, a_sq, a_each = inp
     r = losses.residual(loss, f, y)  # [N, C]
-    xi = jax.random.normal(jax.random.fold_in(key, i), (n,), f.dtype)
-    xi = xi - jnp.mean(xi)  # P ξ: the minibatch move has zero total weight
     # Drift and noise both act through Θ on per-sample scalings of r, so one
     # matvec with Θ serves both: ΔF = Θ (r ⊙ w), no matrix square root.
-    w = -a_sum / n + jnp.sqrt(a_sq) * noise * xi  # [N]
+    if sampling == 'iid':
+      xi = jax.random.normal(jax.random.fold_in(key, i), (n,), f.dtype)
+      xi = xi - jnp.mean(xi)  # P ξ: the minibatch move has zero total weight
+      w = -a_sum / n + jnp.sqrt(a_sq) * noise * xi  # [N]
+    else:  # Σ_k η̃_k x_k over the Euler step's SGD steps, x_k correlated within an epoch
+      def sub(s_sum, q):
+        x, s_sum = _epoch_noise(key, i * dt + q, s_sum, path.epoch_len, path.rho, f.dtype, n)
+        return s_sum, x
+      s_sum, xs = jax.lax.scan(sub, s_sum, jnp.arange(dt))
+      xi = a_each @ xs
+      w = -a_sum / n + noise * (xi - jnp.mean(xi))
     rw = r * w[:, None]
     if k_tt.shape[1] == n:  # K ⊗ I_C: K (r ⊙ w), C times cheaper than the full product
       move, move_t = k_tt @ rw, k_st @ rw
@@ -260,7 +306,7 @@ def _sde_one(path, arrays, *, loss, eval_every, dt):
       move_t = (k_st @ rw.reshape(-1)).reshape(ft.shape)
     f = f + move - a_sum * weight_decay * (f - fx0 + jw0)
     ft = ft + move_t - a_sum * weight_decay * (ft - fxt0 + jw0t)
-    return (f, ft), None
+    return (f, ft, s_sum), None
 
   per_eval = eval_every // dt
 
@@ -269,14 +315,16 @@ def _sde_one(path, arrays, *, loss, eval_every, dt):
     return carry, _curves(loss, carry[0], y, carry[1], yt)
 
   idx = jnp.arange(n_steps)
-  xs = jax.tree.map(lambda a: a.reshape(-1, per_eval), (idx, lr_sum, lr_sq))
-  carry, rest = jax.lax.scan(chunk, (fx0, fxt0), xs)
+  xs = jax.tree.map(lambda a: a.reshape((-1, per_eval) + a.shape[1:]),
+                    (idx, lr_sum, lr_sq, path.lr_each))
+  carry, rest = jax.lax.scan(chunk, (fx0, fxt0, jnp.zeros(n, fx0.dtype)), xs)
   return _stack(_curves(loss, fx0, y, fxt0, yt), rest), carry[0], carry[1]
 
 
 def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, loss, eval_every,
                  dt=1, momentum=0.0, weight_decay=0.0, jw0_train=None, k_test_train=None,
-                 fx_test_0=None, y_test=None, jw0_test=None, population=None, nesterov=False):
+                 fx_test_0=None, y_test=None, jw0_test=None, population=None, nesterov=False,
+                 sampling='iid'):
   """The paper's SDE, Euler–Maruyama, one path per key (DESIGN §3.2).
 
     dF = -(η̃/N) Θ r(F) dt + η̃ √(c/(B N)) Θ R(F) P dW_t,  η̃ = η/(1-m),
@@ -285,6 +333,13 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   t in SGD steps. One Euler–Maruyama step covers `dt` SGD steps of the
   schedule: its drift uses Σ η̃_k and its noise √(Σ η̃_k²) over those steps,
   which for dt = 1 is exactly one step's mean and covariance.
+
+  sampling='epoch' keeps each step's mean and covariance but correlates the
+  noise of the steps of one epoch (E = ⌊N/B⌋ steps) as reshuffling does: the
+  sample weights of two batches of an epoch have covariance -B/(N - B) times
+  one batch's (each sample is drawn once an epoch), so an epoch's noise sums
+  to zero when B divides N. The noise W is then a chain of Brownian bridges
+  rather than a Brownian motion.
 
   The hyper-parameters may differ per path (lrs [S, T], batch_size, momentum,
   nesterov, weight_decay [S]), so that a whole grid of the same horizon is one
@@ -317,10 +372,16 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
       drift (1/N) Σ over the subset is then the full set's mean move, the
       minibatch covariance is the same population covariance, and only c uses
       N_full, which B may exceed N but not N_full. None: the samples are the set.
+      The epochs of sampling='epoch' are epochs of N_full.
+    sampling: the minibatches the noise models, as `sgd.batch_order`: 'iid'
+      (the paper's SDE: independent across steps) or 'epoch' (reshuffled once
+      an epoch; above).
 
   Returns:
     (curves, fx_train_T, fx_test_T) as simulate_sgd, with S = len(keys) paths.
   """
+  if sampling not in SDE_SAMPLINGS:
+    raise ValueError(f'unknown sampling {sampling!r}; expected one of {SDE_SAMPLINGS}')
   s = len(keys)
   lrs = np.broadcast_to(np.asarray(lrs, np.float64), (s, np.shape(lrs)[-1]))
   steps = lrs.shape[1]
@@ -344,13 +405,17 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   lr_sq = (eff**2).reshape(s, -1, dt).sum(2)
   cfac = (n_pop - bs) / (n_pop - 1) if n_pop > 1 else np.zeros(s)
   noise = np.sqrt(cfac / (bs * n))
+  epoch_len = (n_pop // bs).astype(np.int32)
+  rho = np.where(bs < n_pop, bs / np.maximum(n_pop - bs, 1), 0.0)
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=False)
-  one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt)
+  one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt, sampling=sampling)
   run = jax.vmap(one, in_axes=(0, None))
   as_dtype = lambda x: jnp.asarray(x, dtype)
   paths = SDEPath(key=keys, lr_sum=as_dtype(lr_sum), lr_sq=as_dtype(lr_sq), noise=as_dtype(noise),
-                  weight_decay=as_dtype(np.broadcast_to(weight_decay, (s,))))
+                  weight_decay=as_dtype(np.broadcast_to(weight_decay, (s,))),
+                  lr_each=as_dtype(eff.reshape(s, -1, dt)), epoch_len=jnp.asarray(epoch_len),
+                  rho=as_dtype(rho))
   return jax.device_get(devices.map_leading(run, paths, arrays))
 
 

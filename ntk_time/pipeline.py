@@ -69,7 +69,7 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
     ft, pc = config.finetune, config.predict
     dtype = np.float64 if pc.dtype == 'float64' else np.float32
     common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
-    per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt),
+    per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt, sampling=ft.sampling),
                   'replay': dict(orders=orders), 'head_aware': dict(orders=orders)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
@@ -229,6 +229,7 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
   simulated = methods + [b for b in base_names if b in SIMULATED_BASELINES]
   pred_hash = wd.config_hash({'kernel': kernel_hash, 'grid': [hp.to_dict() for hp in configs],
                               'predict': pc.to_dict(), 'loss': ft.loss, 'simulated': simulated,
+                              'sampling': ft.sampling,
                               'eval_every': ft.eval_every, 'orders': wd.digest(*orders)})
   preds = _predictions(lin, task, configs, orders, config, keys['sde'], targets,
                        os.path.join(workdir, 'predictions.json'), pred_hash, reuse, simulated)

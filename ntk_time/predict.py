@@ -70,7 +70,7 @@ def _diverged(curves: dict) -> bool:
   return bool(np.any(loss > 10.0 * np.maximum(loss[:, :1], 1.0)))
 
 
-def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_every):
+def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_every, sampling):
   """The SDE's paths of every configuration, one simulation per horizon.
 
   Configuration i has the paths of keys split(fold_in(key, i), num_paths)
@@ -91,7 +91,7 @@ def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_eve
         keys, per_path(sgd.learning_rates), batch_size=per_path(lambda h: h.batch_size),
         momentum=per_path(lambda h: h.momentum), weight_decay=per_path(lambda h: h.weight_decay),
         nesterov=per_path(lambda h: h.nesterov), dt=dt, population=population, loss=loss,
-        eval_every=eval_every, **arrays)
+        eval_every=eval_every, sampling=sampling, **arrays)
     share = (time.perf_counter() - start) / len(group)
     for j, i in enumerate(group):
       curves[i] = {name: v[j * num_paths:(j + 1) * num_paths] for name, v in c.items()}
@@ -118,7 +118,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             configs: list[sgd.SGD], *, key: jax.Array | None = None, method: str = 'sde',
             loss: str, eval_every: int, targets: times_lib.Targets, num_paths: int = 32,
             dt: int = 1, orders: list[np.ndarray] | None = None, dtype=np.float32,
-            population: int | None = None) -> list[summary_lib.Prediction]:
+            population: int | None = None, sampling: str = 'epoch'
+            ) -> list[summary_lib.Prediction]:
   """Predicts every configuration of a grid from one linearisation.
 
   Args:
@@ -140,6 +141,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     population: sde only: the size N of the training set that the kernel's
       samples are a random subset of (subset.py's replica prediction); the
       batch size is checked against it.
+    sampling: how the minibatches are drawn (sgd.batch_order): 'epoch' or 'iid'.
+      The SDE's noise models it (dynamics.simulate_sde); orders drawn here for
+      'replay' / 'head_aware' use it.
 
   Returns:
     One summary.Prediction per configuration: mean and quantile curves over
@@ -185,7 +189,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     hp.validate(population or n)
   if method == 'sde':
     sde_curves, sde_seconds = _sde_grid(configs, key, num_paths, dt, population, arrays,
-                                        loss=loss, eval_every=eval_every)
+                                        loss=loss, eval_every=eval_every, sampling=sampling)
   results, deterministic = [], {}
   for i, hp in enumerate(configs):
     lrs = sgd.learning_rates(hp)
@@ -199,7 +203,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
         o = np.asarray(orders[i])
       else:
         ks = jax.random.split(jax.random.fold_in(key, i), num_paths)
-        o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps) for k in ks])
+        o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps, sampling) for k in ks])
     if method == 'sde':
       curves = sde_curves[i]
     elif method == 'replay':

@@ -36,3 +36,31 @@ def test_each_order_and_path_is_simulated_as_if_alone():
                                           momentum=ms[s], **kw)
       np.testing.assert_allclose(f_one[0], f_all[s], rtol=1e-12)
   assert np.abs(f_all[0] - f_all[1]).max() > 1e-3  # the paths really differ
+
+
+def test_minibatch_simulator_with_a_traced_kernel_equals_the_expanded_kernel():
+  """K [N, N] replayed as K equals K ⊗ I_C expanded to [N, N, C, C], order by order."""
+  rng = np.random.default_rng(7)
+  n, nt_, c = 9, 4, 3
+  x = rng.normal(size=(n + nt_, 20))
+  k = x @ x[:n].T / 20
+  eye = np.eye(c)
+  f0, ft0 = rng.normal(size=(n, c)) * 0.3, rng.normal(size=(nt_, c)) * 0.3
+  y, yt = rng.integers(0, c, n), rng.integers(0, c, nt_)
+  kw = dict(loss='cross_entropy', eval_every=5, momentum=0.5, nesterov=True, weight_decay=0.1,
+            jw0_train=rng.normal(size=(n, c)), fx_test_0=ft0, y_test=yt)
+  lrs = np.full(20, 0.7)
+  with enable_x64():
+    orders = np.stack([sgd.batch_order(jax.random.key(s), n, 3, 20, 'iid') for s in range(3)])
+    traced, f_tr, ft_tr = dynamics.simulate_sgd(orders, lrs, k[:n], f0, y, k_test_train=k[n:],
+                                                **kw)
+    full, f_full, ft_full = dynamics.simulate_sgd(
+        orders, lrs, k[:n, :, None, None] * eye, f0, y,
+        k_test_train=k[n:, :, None, None] * eye, **kw)
+    alone, _, _ = dynamics.simulate_full_batch(lrs, k[:n], f0, y, **kw)
+    alone_full, _, _ = dynamics.simulate_full_batch(lrs, k[:n, :, None, None] * eye, f0, y, **kw)
+  np.testing.assert_allclose(f_tr, f_full, rtol=1e-10)
+  np.testing.assert_allclose(ft_tr, ft_full, rtol=1e-10)
+  np.testing.assert_allclose(traced['test_loss'], full['test_loss'], rtol=1e-10)
+  np.testing.assert_allclose(alone['train_loss'], alone_full['train_loss'], rtol=1e-10)
+  assert np.abs(f_tr - f0).max() > 0.1  # it moved
