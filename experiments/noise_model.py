@@ -138,7 +138,7 @@ def main(_):
     lr = frac * 2 * n / lam[0]
     lrs = np.full(_STEPS.value, lr)
     over = {meth: lr / dynamics.lr_limit(meth, lam[0], n, loss, momentum=m)
-            for meth in ('exact', 'sde')}
+            for meth in ('replay', 'sde')}
     row = {'lr': lr, 'lr_frac': frac, 'loss': loss, 'batch_size': b, 'momentum': m,
            'lr_over_limit': over}
     for kind in KINDS:
@@ -166,7 +166,7 @@ def report(row, steps):
   """One configuration: per kind the times, the loss at T/4, T/2, T and the band at T."""
   over = row['lr_over_limit']
   print(f"\n{row['loss']} η={row['lr']:.3g} ({row['lr_frac']:g} of 2N/λ_1) B={row['batch_size']} "
-        f"m={row['momentum']:g}; η/limit: exact {over['exact']:.2f}, sde {over['sde']:.2f}")
+        f"m={row['momentum']:g}; η/limit: replay {over['replay']:.2f}, sde {over['sde']:.2f}")
   at = [len(steps) // 4, len(steps) // 2, len(steps) - 1]
   print('  kind        T_eps  L0/2  L0/4  L0/8   ' + '  '.join(f'L@{steps[i]:<4d}' for i in at)
         + '   band@T (5-95%)   max|Δmean|/L0 vs epoch   secs')
