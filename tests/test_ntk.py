@@ -14,16 +14,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
-def net():
-  model = models.create_model('ResNetTiny', 3)
-  variables = models.init_variables(model, jax.random.key(1), (8, 8, 1))
-  # Non-trivial running statistics, so that frozen BatchNorm is really exercised.
-  stats = jax.tree.map(lambda v: v + 0.3 * jax.random.uniform(jax.random.key(2), v.shape),
-                       variables['batch_stats'])
-  apply_fn = models.make_apply_fn(model, stats)
+def net(tiny_resnet, every_parameter_has_gradient):
+  # Random BatchNorm (scales, biases, running statistics): a fresh net's zero bn2 scale
+  # would leave 80% of its parameters without a gradient, unseen by every kernel test.
+  model, variables = tiny_resnet(3, seed=1)
+  apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   rng = np.random.default_rng(0)
   x = rng.normal(size=(6, 8, 8, 1)).astype(np.float32)
   xt = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+  every_parameter_has_gradient(apply_fn, variables['params'], x)
   return apply_fn, variables['params'], x, xt
 
 
@@ -31,6 +30,10 @@ def _jjt(apply_fn, params, x1, x2):
   flat, unravel = ravel_pytree(params)
   j1 = jax.jacrev(lambda p: apply_fn(unravel(p), x1))(flat)  # [N1, C, P]
   j2 = jax.jacrev(lambda p: apply_fn(unravel(p), x2))(flat)
+  # Every parameter enters the reference kernel: no column of J is identically zero.
+  for j in (j1, j2):
+    cols = np.linalg.norm(np.asarray(j).reshape(-1, flat.size), axis=0)
+    assert np.all(cols > 1e-7 * cols.max()), f'{np.sum(cols <= 1e-7 * cols.max())} dead columns'
   return np.einsum('acp,bdp->abcd', j1, j2)
 
 
@@ -127,8 +130,11 @@ if len(sys.argv) > 2:  # process id, process count, coordinator port
   devices.initialize(f'localhost:{sys.argv[4]}', int(sys.argv[3]), int(sys.argv[2]))
 import numpy as np
 from ntk_time import dynamics, models, ntk, sgd
+sys.path.insert(0, sys.path[0] + '/tests')
+from conftest import randomize_batchnorm  # every parameter with a gradient
 model = models.create_model('ResNetTiny', 3, num_filters=4)
-v = models.init_variables(model, jax.random.key(0), (8, 8, 1))
+v = randomize_batchnorm(models.init_variables(model, jax.random.key(0), (8, 8, 1)),
+                        jax.random.key(5))
 f = models.make_apply_fn(model, v['batch_stats'])
 rng = np.random.default_rng(0)
 x = rng.normal(size=(11, 8, 8, 1)).astype(np.float32)
