@@ -58,10 +58,13 @@ def t_eps(steps: np.ndarray, curve: np.ndarray, eps: float) -> int:
 
   Returns:
     The first evaluated step within eps of the value at the horizon (the
-    horizon itself if nothing earlier is).
+    horizon itself if nothing earlier is, and when the value at the horizon is
+    not finite: nothing is within eps of a NaN).
   """
-  close = np.abs(np.asarray(curve) - curve[-1]) < eps
-  return int(steps[np.argmax(close)])
+  curve = np.asarray(curve, np.float64)
+  with np.errstate(invalid='ignore'):  # inf - inf: NaN, never close
+    close = np.abs(curve - curve[-1]) < eps
+  return int(steps[np.argmax(close)]) if close.any() else int(steps[-1])
 
 
 def first_reaching(steps: np.ndarray, curve: np.ndarray, target: float,

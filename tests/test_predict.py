@@ -31,6 +31,17 @@ def test_t_eps_never_converging():
   assert predict.t_eps(STEPS, loss, 0.15) == 90
 
 
+def test_t_eps_of_a_curve_ending_in_nan_is_the_horizon():
+  loss = np.exp(-STEPS / 20.0)
+  loss[-2:] = np.nan  # e.g. a diverging run
+  assert predict.t_eps(STEPS, loss, 0.05) == 100
+  assert predict.t_eps(STEPS, loss, 10.0) == 100  # nothing is within eps of a NaN
+  loss[-1] = np.inf
+  assert predict.t_eps(STEPS, loss, 0.05) == 100
+  loss[-2:] = [np.nan, 0.0]  # a NaN before the horizon is never within eps
+  assert predict.t_eps(STEPS, loss, 0.05) == 60
+
+
 def test_first_reaching():
   loss = np.exp(-STEPS / 20.0)
   assert predict.first_reaching(STEPS, loss, 0.1) == 50
