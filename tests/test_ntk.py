@@ -92,6 +92,42 @@ def test_check_kernel_rejects_non_psd():
     ntk.check_kernel(k)
 
 
+def test_check_kernel_beyond_1000_rows_is_lanczos_and_agrees_with_eigvalsh(monkeypatch):
+  """[400, 400, 3, 3] (1,200 rows, known spectrum of rank 300): the extreme eigenvalues by
+  Lanczos are the known ones, a negative eigenvalue of -2e-3 λ_max is found, and no
+  O((N·C)³) decomposition of the whole kernel runs."""
+  rng = np.random.default_rng(3)
+  n, c = 400, 3
+  q, _ = np.linalg.qr(rng.normal(size=(n * c, 301)))  # orthonormal columns
+  lam = 1000.0 / np.arange(1, 301)  # the non-zero spectrum, λ_max = 1000; 900 zeros
+  good = (q[:, :300] * lam) @ q[:, :300].T
+  bad = good - 2.0 * np.outer(q[:, 300], q[:, 300])  # one eigenvalue -2e-3 λ_max
+  as_kernel = lambda m: m.reshape(n, c, n, c).transpose(0, 2, 1, 3).astype(np.float32)
+  eigvalsh = np.linalg.eigvalsh
+
+  def small_only(m, *args, **kwargs):
+    assert len(m) <= 1000, f'a full eigendecomposition of {len(m)} rows'
+    return eigvalsh(m, *args, **kwargs)
+  monkeypatch.setattr(np.linalg, 'eigvalsh', small_only)
+  report = ntk.check_kernel(as_kernel(good))
+  assert set(report) == {'asymmetry', 'min_eig', 'max_eig'}
+  assert report['max_eig'] == pytest.approx(1000.0, rel=1e-5)
+  assert abs(report['min_eig']) < 1e-4 * 1000.0 and report['asymmetry'] < 1e-6
+  with pytest.raises(ValueError, match=r'not PSD: smallest eigenvalue -2\.00\de\+00'):
+    ntk.check_kernel(as_kernel(bad))
+  k_bad = as_kernel(bad)
+  k_bad[0, 1, 0, 0] += 10.0
+  with pytest.raises(ValueError, match='not symmetric'):
+    ntk.check_kernel(k_bad)
+  k_bad[0, 1, 0, 0] = np.nan
+  with pytest.raises(ValueError, match='non-finite'):
+    ntk.check_kernel(k_bad)
+  # The class-traced [N, N] kernel and ≤ 1,000 rows (dense) give the same numbers.
+  small = good[:900, :900]
+  traced = ntk.check_kernel(small)
+  assert traced['max_eig'] == pytest.approx(eigvalsh(small)[-1], rel=1e-9)
+
+
 def test_unknown_implementation(net):
   apply_fn, params, x, _ = net
   with pytest.raises(ValueError, match="'nt_structured'"):
