@@ -113,6 +113,32 @@ def linear_task():
   return LinearTask()
 
 
+class TwoLayerLinear:
+  """f(x) = Wᵀ diag(s) M x + b, s fixed: features diag(s) M x are linear in M, with the
+  feature kernel (x_iᵀ x_j) diag(s²) exactly (isotropic for s = 1, the default)."""
+
+  def __init__(self, n=10, n_test=4, p=6, d=4, c=3, seed=0, feature_scales=None):
+    rng = np.random.default_rng(seed)
+    self.x_train, self.x_test = rng.normal(size=(n, p)), rng.normal(size=(n_test, p))
+    self.y_train = rng.integers(0, c, n).astype(np.int32)
+    self.y_test = rng.integers(0, c, n_test).astype(np.int32)
+    self.w0 = {'M': rng.normal(size=(d, p)) * 0.5,
+               'head': {'kernel': rng.normal(size=(d, c)) * 0.5, 'bias': np.zeros(c)}}
+    self.scales = np.ones(d) if feature_scales is None else np.asarray(feature_scales, float)
+
+  def features(self, params, x):
+    return x @ params['M'].T * self.scales
+
+  def apply_fn(self, params, x):
+    return self.features(params, x) @ params['head']['kernel'] + params['head']['bias']
+
+
+@pytest.fixture
+def two_layer_linear():
+  """The class TwoLayerLinear (instantiate with its keyword arguments)."""
+  return TwoLayerLinear
+
+
 @pytest.fixture(scope='session')
 def digits_source():
   return data.load_source('digits')

@@ -287,30 +287,10 @@ def test_sde_with_a_traced_kernel_equals_the_expanded_kernel():
   assert np.abs(f_tr - f0).max() > 0.1  # it moved
 
 
-class TwoLayerLinear:
-  """f(x) = Wᵀ M x + b: features M x are linear in M with kernel (x_iᵀ x_j) I_D exactly."""
-
-  def __init__(self, n=10, n_test=4, p=6, d=4, c=3, seed=0):
-    rng = np.random.default_rng(seed)
-    self.x_train, self.x_test = rng.normal(size=(n, p)), rng.normal(size=(n_test, p))
-    self.y_train = rng.integers(0, c, n).astype(np.int32)
-    self.y_test = rng.integers(0, c, n_test).astype(np.int32)
-    self.w0 = {'M': rng.normal(size=(d, p)) * 0.5,
-               'head': {'kernel': rng.normal(size=(d, c)) * 0.5, 'bias': np.zeros(c)}}
-
-  @staticmethod
-  def features(params, x):
-    return x @ params['M'].T
-
-  @staticmethod
-  def apply_fn(params, x):
-    return x @ params['M'].T @ params['head']['kernel'] + params['head']['bias']
-
-
 @pytest.mark.parametrize('hp_kwargs', [dict(), dict(momentum=0.9),
                                        dict(momentum=0.7, nesterov=True, weight_decay=0.05)])
-def test_head_aware_simulator_is_exact_for_two_layer_linear_net(hp_kwargs):
-  t = TwoLayerLinear()
+def test_head_aware_simulator_is_exact_for_two_layer_linear_net(hp_kwargs, two_layer_linear):
+  t = two_layer_linear()
   hp = sgd.SGD(lr=0.05, batch_size=3, steps=24, **hp_kwargs)
   with enable_x64():
     order = sgd.batch_order(jax.random.key(4), len(t.x_train), 3, hp.steps)
