@@ -128,6 +128,36 @@ def test_check_kernel_beyond_1000_rows_is_lanczos_and_agrees_with_eigvalsh(monke
   assert traced['max_eig'] == pytest.approx(eigvalsh(small)[-1], rel=1e-9)
 
 
+def test_relative_drift_against_the_known_kernels_of_a_two_layer_net(two_layer_linear):
+  """f = Wᵀ M x + b has Θ = (X Xᵀ) ⊗ WᵀW + (Φ Φᵀ + 1) ⊗ I_C exactly (Φ = X Mᵀ). Moved to
+  (β M, α W), the drift ‖Θ1 - Θ0‖_F / ‖Θ0‖_F of the kernels computed at the two weights is
+  the one of these closed forms."""
+  t = two_layer_linear()
+  alpha, beta = 1.5, 0.8
+  w1 = {'M': beta * t.w0['M'], 'head': {'kernel': alpha * t.w0['head']['kernel'],
+                                        'bias': t.w0['head']['bias'] + 0.3}}
+
+  def closed_form(w):
+    phi, c = t.x_train @ w['M'].T, w['head']['kernel'].shape[1]
+    backbone = np.einsum('ij,cd->ijcd', t.x_train @ t.x_train.T,
+                         w['head']['kernel'].T @ w['head']['kernel'])
+    return backbone + np.einsum('ij,cd->ijcd', phi @ phi.T + 1, np.eye(c))
+  k0, _ = ntk.empirical_ntk(t.apply_fn, t.w0, t.x_train)  # float32
+  k1, _ = ntk.empirical_ntk(t.apply_fn, w1, t.x_train)
+  np.testing.assert_allclose(k0, closed_form(t.w0), rtol=1e-5, atol=1e-5)
+  want = np.linalg.norm(closed_form(w1) - closed_form(t.w0)) / np.linalg.norm(closed_form(t.w0))
+  assert 0.1 < want < 10
+  assert ntk.relative_drift(k0, k1) == pytest.approx(want, rel=1e-5)
+  # The same on class-traced kernels, and its known values.
+  trace = lambda k: np.trace(k, axis1=2, axis2=3) / 3
+  assert ntk.relative_drift(trace(k0), trace(k1)) == pytest.approx(
+      np.linalg.norm(trace(closed_form(w1) - closed_form(t.w0)))
+      / np.linalg.norm(trace(closed_form(t.w0))), rel=1e-5)
+  assert ntk.relative_drift(k0, k0) == 0.0
+  assert ntk.relative_drift(k0, 3 * k0) == pytest.approx(2.0)
+  assert ntk.relative_drift(k0, -k0) == pytest.approx(2.0)  # not a ratio of norms
+
+
 def test_unknown_implementation(net):
   apply_fn, params, x, _ = net
   with pytest.raises(ValueError, match="'nt_structured'"):
