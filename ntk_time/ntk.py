@@ -34,6 +34,7 @@ import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse.linalg
 import tqdm
 
 from ntk_time import devices
@@ -332,25 +333,79 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
   return lin
 
 
+DENSE_EIG_MAX = 1000  # rows of the flattened kernel up to which check_kernel uses eigvalsh
+_CHECK_BLOCK = 1024  # rows per block of check_kernel's norms
+
+
+def _extreme_eigenvalues(flat: np.ndarray, rtol: float) -> tuple[float, float]:
+  """(λ_min, λ_max) of the symmetric part of `flat` [n, n] by Lanczos (scipy's eigsh).
+
+  Matrix-vector products only, in the kernel's own dtype: O(n²) each, no copy.
+  λ_max to 1e-6 relative; λ_min as the largest eigenvalue of λ_max I - Θ with
+  tol = rtol, whose stopping rule ‖r‖ <= tol |θ| then asks for an absolute
+  accuracy of about rtol · λ_max, what the PSD test needs (a tolerance relative
+  to λ_min itself, ~0 for a kernel, would take thousands of products). Lanczos'
+  Ritz values lie inside the spectrum, so the λ_min returned is never below the
+  true one.
+  """
+  n = len(flat)
+
+  def sym(v):
+    v = np.asarray(v, flat.dtype).reshape(-1)
+    return 0.5 * (flat @ v + v @ flat).astype(np.float64)
+
+  op = scipy.sparse.linalg.LinearOperator((n, n), matvec=sym, dtype=np.float64)
+  eigsh = scipy.sparse.linalg.eigsh
+  top = float(eigsh(op, k=1, which='LA', tol=1e-6, return_eigenvectors=False)[0])
+  shifted = scipy.sparse.linalg.LinearOperator(
+      (n, n), matvec=lambda v: top * np.asarray(v).reshape(-1) - sym(v), dtype=np.float64)
+  try:
+    gap = float(eigsh(shifted, k=1, which='LA', tol=rtol, return_eigenvectors=False)[0])
+  except scipy.sparse.linalg.ArpackNoConvergence as e:
+    if not len(e.eigenvalues):
+      raise
+    gap = float(np.max(e.eigenvalues))
+  return top - gap, top
+
+
 def check_kernel(k: np.ndarray, rtol: float = 1e-4) -> dict:
   """Symmetry and positive semi-definiteness of k_train_train, as numbers.
 
   Returns {'asymmetry': ‖Θ − Θᵀ‖/‖Θ‖, 'min_eig': smallest eigenvalue,
   'max_eig': largest} and raises ValueError if Θ is not finite, not symmetric
   within rtol, or has an eigenvalue below -rtol · max_eig.
+
+  Cheap next to the kernel: the norms by blocks of rows, and beyond
+  DENSE_EIG_MAX rows of [N·C, N·C] the two extreme eigenvalues by Lanczos
+  (`_extreme_eigenvalues`: O((N·C)²) per product, min_eig to about
+  rtol · max_eig and never below the true one) instead of a full O((N·C)³)
+  decomposition. Needs one copy of the kernel in its own dtype (none for a
+  class-traced [N, N] one).
   """
-  flat = flatten(k).astype(np.float64)
-  if not np.all(np.isfinite(flat)):
-    raise ValueError('the kernel has non-finite entries')
-  norm = np.linalg.norm(flat)
-  asym = float(np.linalg.norm(flat - flat.T) / max(norm, 1e-300))
-  eig = np.linalg.eigvalsh(0.5 * (flat + flat.T))
-  report = {'asymmetry': asym, 'min_eig': float(eig[0]), 'max_eig': float(eig[-1])}
+  flat = flatten(np.asarray(k))
+  if flat.dtype not in (np.float32, np.float64):
+    flat = flat.astype(np.float64)
+  n = len(flat)
+  sq_norm = sq_asym = 0.0
+  for a in range(0, n, _CHECK_BLOCK):
+    rows = flat[a:a + _CHECK_BLOCK].astype(np.float64)
+    if not np.all(np.isfinite(rows)):
+      raise ValueError('the kernel has non-finite entries')
+    sq_norm += float(np.sum(rows**2))
+    sq_asym += float(np.sum((rows - flat[:, a:a + _CHECK_BLOCK].T) ** 2))
+  asym = float(np.sqrt(sq_asym) / max(np.sqrt(sq_norm), 1e-300))
   if asym > rtol:
     raise ValueError(f'the kernel is not symmetric: relative asymmetry {asym:.2e} > {rtol}')
-  if eig[0] < -rtol * eig[-1]:
-    raise ValueError(f'the kernel is not PSD: smallest eigenvalue {eig[0]:.3e} '
-                     f'(largest {eig[-1]:.3e})')
+  if n <= DENSE_EIG_MAX:
+    sym = flat.astype(np.float64)
+    eig = np.linalg.eigvalsh(0.5 * (sym + sym.T))
+    min_eig, max_eig = float(eig[0]), float(eig[-1])
+  else:
+    min_eig, max_eig = _extreme_eigenvalues(flat, rtol)
+  report = {'asymmetry': asym, 'min_eig': min_eig, 'max_eig': max_eig}
+  if min_eig < -rtol * max_eig:
+    raise ValueError(f'the kernel is not PSD: smallest eigenvalue {min_eig:.3e} '
+                     f'(largest {max_eig:.3e})')
   return report
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from experiments import fig_batch_size
@@ -102,16 +103,48 @@ def test_subset_experiment(tmp_path, smoke_checkpoint):
     pipeline.run_subset(bad, str(tmp_path / 'bad'), progress=False)
 
 
-def test_bench_runs_on_tiny_sizes():
-  """The benchmark's plumbing (not its timings) on a few digits."""
+def test_bench_runs_on_tiny_sizes(monkeypatch):
+  """The benchmark's plumbing (not its timings) on a few digits: its numbers against
+  those recomputed from the kernels it computed (captured on the way) and from the
+  seconds per step it measured."""
   from experiments import bench  # pylint: disable=g-import-not-at-top
+  from ntk_time import ntk  # pylint: disable=g-import-not-at-top
+  computed = []  # (sketch_dim, k_train_train) of every kernel the benchmark computes
+  linearize, empirical_ntk = ntk.linearize, ntk.empirical_ntk
+
+  def linearize_spy(*args, **kwargs):
+    lin = linearize(*args, **kwargs)
+    computed.append((kwargs.get('sketch_dim', 0), lin.k_train_train))
+    return lin
+
+  def empirical_ntk_spy(*args, **kwargs):
+    out = empirical_ntk(*args, **kwargs)
+    computed.append((kwargs.get('sketch_dim', 0), out[0]))
+    return out
+  monkeypatch.setattr(ntk, 'linearize', linearize_spy)
+  monkeypatch.setattr(ntk, 'empirical_ntk', empirical_ntk_spy)
   task, params, apply_fn = bench._setup(100, 'digits')  # pylint: disable=protected-access
   assert bench.limit(task, params, apply_fn)['limit_seconds'] > 0
+  computed.clear()
   proj = bench.projections(task, params, apply_fn, [64], steps=20)
-  assert 0 < proj['sketches'][0]['rel_frobenius_error'] < 1
+  kernels = {d: k for d, k in computed if k.shape == (100, 100, 5, 5)}
+  assert sorted(kernels) == [0, 64]
+  exact, sketched = ntk.flatten(kernels[0]).astype(np.float64), ntk.flatten(kernels[64])
+  err = proj['sketches'][0]['rel_frobenius_error']
+  assert err == pytest.approx(np.linalg.norm(sketched - exact) / np.linalg.norm(exact),
+                              rel=1e-6)
+  # A Gaussian sketch's expected squared error: (tr(Θ)² / ‖Θ‖²_F + 1) / k; one draw.
+  expected = np.sqrt((np.trace(exact) ** 2 / np.linalg.norm(exact) ** 2 + 1) / 64)
+  assert expected / 2 < err < 2 * expected, (err, expected)  # measured 0.97 expected
   cost = bench.grid_cost(task, params, apply_fn, steps=20)
+  sps = cost['seconds_per_step']
   for kernel in ('full', 'traced'):
-    assert cost[kernel]['grid_32']['train_seconds'] > cost[kernel]['grid_8']['train_seconds'] > 0
+    for size, per_batch_size in ((8, 4), (32, 16)):  # configurations at B = 25 and at B = 100
+      grid = cost[kernel][f'grid_{size}']
+      assert grid['train_seconds'] == pytest.approx(20 * per_batch_size * (sps[25] + sps[100]))
+      assert grid['ratio'] == pytest.approx(grid['train_seconds'] / grid['predict_seconds'])
+      assert grid['predict_seconds'] == pytest.approx(cost[kernel]['kernel_seconds']
+                                                      + grid['simulation_seconds'])
   assert cost['traced_vs_full_t_eps']['compared'] > 0
   rows = bench.scaling('digits', [30, 40], exact_max=30, steps=20, sketch_dim=64,
                        class_counts=[2], n_classes=30)['rows']

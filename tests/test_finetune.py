@@ -8,14 +8,15 @@ from ntk_time.compat import enable_x64
 from ntk_time import data
 from ntk_time import finetune
 from ntk_time import models
+from ntk_time import ntk
+from ntk_time import predict
 from ntk_time import sgd
 
 
 @pytest.fixture(scope='module')
-def tiny_task(digits_source):
+def tiny_task(digits_source, tiny_resnet):
   task = data.make_task(digits_source, (0, 1, 2), n_train=30, n_test=15, seed=0)
-  model = models.create_model('ResNetTiny', 3)
-  variables = models.init_variables(model, jax.random.key(0), (8, 8, 1))
+  model, variables = tiny_resnet(3, seed=0)  # random BatchNorm: every parameter trains
   return task, models.make_apply_fn(model, variables['batch_stats']), variables['params']
 
 
@@ -33,7 +34,38 @@ def test_loss_decreases_and_order_replays_exactly(tiny_task, tmp_path):
                         eval_every=5, progress=False)
   np.testing.assert_array_equal(a['curves'].train_loss, b['curves'].train_loss)
   jax.tree.map(np.testing.assert_array_equal, a['params'], b['params'])
-  assert a['seconds_per_step'] > 0 and a['train_seconds'] >= 19 * a['seconds_per_step'] * 0.5
+  # seconds_per_step is the mean of the 19 compiled steps, without the first one, which
+  # compiles: train_seconds = first + 19 × seconds_per_step, the first far the longest.
+  first = a['train_seconds'] - 19 * a['seconds_per_step']
+  assert first > 5 * a['seconds_per_step'] > 0, (first, a['seconds_per_step'])
+  assert a['wall_seconds'] > a['train_seconds']
+  # ... and it is the cost of a step measured on its own (within a loaded machine's noise).
+  alone = finetune.seconds_per_step(apply_fn, params, task, hp, loss='cross_entropy',
+                                    key=jax.random.key(3))
+  assert alone / 5 < a['seconds_per_step'] < 5 * alone, (alone, a['seconds_per_step'])
+
+
+def test_replay_tracks_the_real_resnet_over_a_long_horizon_at_a_tiny_learning_rate(tiny_task):
+  """The exact simulator on the real batch order against real fine-tuning of the ResNet,
+  200 steps (momentum 0.9, cosine schedule, B = 10 of 30), η̃ = 4e-5 small enough for the
+  linearisation to hold: the loss moves by 0.004 and the prediction gets that change
+  right to 1.5% on the training and the test set (measured 0.5% and 0.7%; 1.3% and 1.6%
+  at twice the learning rate, the linearisation's error; the class-traced kernel is 16%
+  off, a constant schedule 108%)."""
+  task, apply_fn, params = tiny_task
+  hp = sgd.SGD(lr=4e-6, batch_size=10, steps=200, momentum=0.9, schedule='cosine')
+  order = sgd.batch_order(jax.random.key(1), 30, 10, 200)
+  real = finetune.finetune(apply_fn, params, task, hp, order, loss='cross_entropy',
+                           eval_every=20, progress=False)
+  lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False)
+  [pred] = predict.predict(lin, task.y_train, task.y_test, [hp], method='exact',
+                           orders=[order[None]], loss='cross_entropy', eval_every=20,
+                           targets=predict.Targets())
+  for name in ('train_loss', 'test_loss'):
+    got, want = pred['curves'][name]['mean'], getattr(real['curves'], name)
+    assert got[0] == pytest.approx(want[0], rel=1e-6), name
+    assert want[-1] < want[0] - 2e-3, name  # it moved
+    np.testing.assert_allclose(got[1:] - got[0], want[1:] - want[0], rtol=0.015, err_msg=name)
 
 
 def test_optax_update_is_the_hand_written_one(linear_task):
@@ -94,7 +126,22 @@ def test_batch_order_is_epochs_without_replacement():
   np.testing.assert_array_equal(order, sgd.batch_order(jax.random.key(0), 10, 3, 7))
 
 
-def test_schedule_reaches_optax(linear_task):
-  hp = sgd.SGD(lr=0.1, batch_size=2, steps=10, schedule='cosine')
-  lrs = sgd.learning_rates(hp)
-  assert lrs[0] == pytest.approx(0.1) and lrs[-1] < 0.01 and np.all(np.diff(lrs) <= 0)
+@pytest.mark.parametrize('schedule', sgd.SCHEDULES)
+def test_schedule_is_what_optax_applies(schedule):
+  """learning_rates(hp), which the simulators use, against the steps that the optimiser
+  of the real runs takes (loss w, gradient 1: the update of step k is -η_k), and against
+  the schedule's formula."""
+  import optax  # pylint: disable=g-import-not-at-top
+  hp = sgd.SGD(lr=0.1, batch_size=2, steps=10, schedule=schedule)
+  tx = sgd.make_optimizer(hp)
+  w = {'w': np.zeros(())}
+  state, applied = tx.init(w), []
+  for _ in range(hp.steps):
+    updates, state = tx.update({'w': np.ones(())}, state, w)
+    w = optax.apply_updates(w, updates)
+    applied.append(-float(updates['w']))
+  k = np.arange(hp.steps)
+  formula = {'constant': np.full(hp.steps, 0.1), 'cosine': 0.05 * (1 + np.cos(np.pi * k / 10)),
+             'linear': 0.1 * (1 - k / 10)}[schedule]
+  np.testing.assert_allclose(sgd.learning_rates(hp), applied, rtol=1e-6)
+  np.testing.assert_allclose(sgd.learning_rates(hp), formula, rtol=1e-6, atol=1e-9)

@@ -23,16 +23,15 @@ _IMPLEMENTATIONS = [pytest.param(i, marks=pytest.mark.skipif(bool(_NO_NT), reaso
 
 
 @pytest.fixture(scope='module')
-def net():
-  model = models.create_model('ResNetTiny', 3)
-  variables = models.init_variables(model, jax.random.key(1), (8, 8, 1))
-  # Non-trivial running statistics, so that frozen BatchNorm is really exercised.
-  stats = jax.tree.map(lambda v: v + 0.3 * jax.random.uniform(jax.random.key(2), v.shape),
-                       variables['batch_stats'])
-  apply_fn = models.make_apply_fn(model, stats)
+def net(tiny_resnet, every_parameter_has_gradient):
+  # Random BatchNorm (scales, biases, running statistics): a fresh net's zero bn2 scale
+  # would leave 80% of its parameters without a gradient, unseen by every kernel test.
+  model, variables = tiny_resnet(3, seed=1)
+  apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   rng = np.random.default_rng(0)
   x = rng.normal(size=(6, 8, 8, 1)).astype(np.float32)
   xt = rng.normal(size=(4, 8, 8, 1)).astype(np.float32)
+  every_parameter_has_gradient(apply_fn, variables['params'], x)
   return apply_fn, variables['params'], x, xt
 
 
@@ -40,6 +39,10 @@ def _jjt(apply_fn, params, x1, x2):
   flat, unravel = ravel_pytree(params)
   j1 = jax.jacrev(lambda p: apply_fn(unravel(p), x1))(flat)  # [N1, C, P]
   j2 = jax.jacrev(lambda p: apply_fn(unravel(p), x2))(flat)
+  # Every parameter enters the reference kernel: no column of J is identically zero.
+  for j in (j1, j2):
+    cols = np.linalg.norm(np.asarray(j).reshape(-1, flat.size), axis=0)
+    assert np.all(cols > 1e-7 * cols.max()), f'{np.sum(cols <= 1e-7 * cols.max())} dead columns'
   return np.einsum('acp,bdp->abcd', j1, j2)
 
 
@@ -98,6 +101,72 @@ def test_check_kernel_rejects_non_psd():
     ntk.check_kernel(k)
 
 
+def test_check_kernel_beyond_1000_rows_is_lanczos_and_agrees_with_eigvalsh(monkeypatch):
+  """[400, 400, 3, 3] (1,200 rows, known spectrum of rank 300): the extreme eigenvalues by
+  Lanczos are the known ones, a negative eigenvalue of -2e-3 λ_max is found, and no
+  O((N·C)³) decomposition of the whole kernel runs."""
+  rng = np.random.default_rng(3)
+  n, c = 400, 3
+  q, _ = np.linalg.qr(rng.normal(size=(n * c, 301)))  # orthonormal columns
+  lam = 1000.0 / np.arange(1, 301)  # the non-zero spectrum, λ_max = 1000; 900 zeros
+  good = (q[:, :300] * lam) @ q[:, :300].T
+  bad = good - 2.0 * np.outer(q[:, 300], q[:, 300])  # one eigenvalue -2e-3 λ_max
+  as_kernel = lambda m: m.reshape(n, c, n, c).transpose(0, 2, 1, 3).astype(np.float32)
+  eigvalsh = np.linalg.eigvalsh
+
+  def small_only(m, *args, **kwargs):
+    assert len(m) <= 1000, f'a full eigendecomposition of {len(m)} rows'
+    return eigvalsh(m, *args, **kwargs)
+  monkeypatch.setattr(np.linalg, 'eigvalsh', small_only)
+  report = ntk.check_kernel(as_kernel(good))
+  assert set(report) == {'asymmetry', 'min_eig', 'max_eig'}
+  assert report['max_eig'] == pytest.approx(1000.0, rel=1e-5)
+  assert abs(report['min_eig']) < 1e-4 * 1000.0 and report['asymmetry'] < 1e-6
+  with pytest.raises(ValueError, match=r'not PSD: smallest eigenvalue -2\.00\de\+00'):
+    ntk.check_kernel(as_kernel(bad))
+  k_bad = as_kernel(bad)
+  k_bad[0, 1, 0, 0] += 10.0
+  with pytest.raises(ValueError, match='not symmetric'):
+    ntk.check_kernel(k_bad)
+  k_bad[0, 1, 0, 0] = np.nan
+  with pytest.raises(ValueError, match='non-finite'):
+    ntk.check_kernel(k_bad)
+  # The class-traced [N, N] kernel and ≤ 1,000 rows (dense) give the same numbers.
+  small = good[:900, :900]
+  traced = ntk.check_kernel(small)
+  assert traced['max_eig'] == pytest.approx(eigvalsh(small)[-1], rel=1e-9)
+
+
+def test_relative_drift_against_the_known_kernels_of_a_two_layer_net(two_layer_linear):
+  """f = Wᵀ M x + b has Θ = (X Xᵀ) ⊗ WᵀW + (Φ Φᵀ + 1) ⊗ I_C exactly (Φ = X Mᵀ). Moved to
+  (β M, α W), the drift ‖Θ1 - Θ0‖_F / ‖Θ0‖_F of the kernels computed at the two weights is
+  the one of these closed forms."""
+  t = two_layer_linear()
+  alpha, beta = 1.5, 0.8
+  w1 = {'M': beta * t.w0['M'], 'head': {'kernel': alpha * t.w0['head']['kernel'],
+                                        'bias': t.w0['head']['bias'] + 0.3}}
+
+  def closed_form(w):
+    phi, c = t.x_train @ w['M'].T, w['head']['kernel'].shape[1]
+    backbone = np.einsum('ij,cd->ijcd', t.x_train @ t.x_train.T,
+                         w['head']['kernel'].T @ w['head']['kernel'])
+    return backbone + np.einsum('ij,cd->ijcd', phi @ phi.T + 1, np.eye(c))
+  k0, _ = ntk.empirical_ntk(t.apply_fn, t.w0, t.x_train)  # float32
+  k1, _ = ntk.empirical_ntk(t.apply_fn, w1, t.x_train)
+  np.testing.assert_allclose(k0, closed_form(t.w0), rtol=1e-5, atol=1e-5)
+  want = np.linalg.norm(closed_form(w1) - closed_form(t.w0)) / np.linalg.norm(closed_form(t.w0))
+  assert 0.1 < want < 10
+  assert ntk.relative_drift(k0, k1) == pytest.approx(want, rel=1e-5)
+  # The same on class-traced kernels, and its known values.
+  trace = lambda k: np.trace(k, axis1=2, axis2=3) / 3
+  assert ntk.relative_drift(trace(k0), trace(k1)) == pytest.approx(
+      np.linalg.norm(trace(closed_form(w1) - closed_form(t.w0)))
+      / np.linalg.norm(trace(closed_form(t.w0))), rel=1e-5)
+  assert ntk.relative_drift(k0, k0) == 0.0
+  assert ntk.relative_drift(k0, 3 * k0) == pytest.approx(2.0)
+  assert ntk.relative_drift(k0, -k0) == pytest.approx(2.0)  # not a ratio of norms
+
+
 def test_unknown_implementation(net):
   apply_fn, params, x, _ = net
   with pytest.raises(ValueError, match="'nt_structured'"):
@@ -135,8 +204,11 @@ if len(sys.argv) > 2:  # process id, process count, coordinator port
   devices.initialize(f'localhost:{sys.argv[4]}', int(sys.argv[3]), int(sys.argv[2]))
 import numpy as np
 from ntk_time import dynamics, models, ntk, sgd
+sys.path.insert(0, sys.path[0] + '/tests')
+from conftest import randomize_batchnorm  # every parameter with a gradient
 model = models.create_model('ResNetTiny', 3, num_filters=4)
-v = models.init_variables(model, jax.random.key(0), (8, 8, 1))
+v = randomize_batchnorm(models.init_variables(model, jax.random.key(0), (8, 8, 1)),
+                        jax.random.key(5))
 f = models.make_apply_fn(model, v['batch_stats'])
 rng = np.random.default_rng(0)
 x = rng.normal(size=(11, 8, 8, 1)).astype(np.float32)

@@ -51,22 +51,34 @@ def test_modes_match_the_average_of_real_minibatch_runs():
 
 
 def test_extrapolation_from_growing_subsets_converges_to_the_full_set():
+  """Full-batch gradient descent on N = 600 (where simulate_modes is exact), predicted
+  from the spectra of M = 60 ... 600 samples, against the closed form on the full
+  kernel (not the project's simulator). Measured max relative errors over the curve:
+  0.603, 0.286, 0.238, 0.034 (at M = N, that of the power-law tail that replaces the
+  trailing half of the modes); keep=1 at M = N is the identity. A flat energy tail gives
+  0.648, 0.303, 0.247. (The floor κ has no visible effect here: the modes it lifts hardly
+  move in 300 steps.)"""
   n, c = 600, 1
   k, f0, y = _features(n, p=1500, c=c, seed=1)
-  hp = sgd.SGD(lr=0.5 * n / subset.spectrum(k, f0, y)[0][0], batch_size=20, steps=300)
-  lam, energy = subset.spectrum(k, f0, y, 'mse')
-  _, truth = subset.simulate_modes(lam, energy, hp, n=n, num_classes=c, eval_every=20)
-  errors = []
-  for m in (60, 150, 300):
-    lam_m, energy_m = subset.spectrum(k[:m, :m], f0[:m], y[:m], 'mse')
-    ex = subset.extrapolate(lam_m, energy_m, m, n)
+  spectra = {m: subset.spectrum(k[:m, :m], f0[:m], y[:m], 'mse') for m in (60, 150, 300, n)}
+  hp = sgd.SGD(lr=0.5 * n / spectra[n][0][0], batch_size=n, steps=300)
+  steps = np.arange(0, 301, 20)
+  truth = dynamics.mse_closed_form(k, f0, y, hp.lr, steps, discrete=True)
+  assert truth[-1] < 0.75 * truth[0]
+
+  def error(m, **kwargs):
+    lam_m, energy_m = spectra[m]
+    ex = subset.extrapolate(lam_m, energy_m, m, n, **kwargs)
     assert ex['lam'].shape == (n * c,) and ex['energy'].sum() == pytest.approx(
         n / m * energy_m.sum())
-    _, pred = subset.simulate_modes(ex['lam'], ex['energy'], hp, n=n, num_classes=c,
-                                    eval_every=20)
-    errors.append(float(np.max(np.abs(pred / truth - 1))))
-  assert errors[0] > errors[1] > errors[2], errors
-  assert errors[2] < 0.25, errors
+    got_steps, pred = subset.simulate_modes(ex['lam'], ex['energy'], hp, n=n, num_classes=c,
+                                            eval_every=20)
+    np.testing.assert_array_equal(got_steps, steps)
+    return float(np.max(np.abs(pred / truth - 1)))
+  errors = [error(m) for m in (60, 150, 300, 600)]
+  assert errors == sorted(errors, reverse=True), errors
+  np.testing.assert_array_less(errors, [0.63, 0.30, 0.25, 0.036])  # measured + 5%
+  assert error(n, keep=1.0) < 1e-3
 
 
 def test_replica_sde_is_the_sde_of_the_copied_set():
