@@ -69,8 +69,9 @@ def test_replay_of_real_orders_tracks_the_real_run(smoke_run):
     real = np.asarray(row.real.curves['train_loss'][0])
     pred = row.predicted['replay'].curves['train_loss'].mean
     assert real[0] == pytest.approx(pred[0], rel=1e-5)
-    # Six steps at lr 0.05 on a tiny net: the linearisation is close but not exact.
-    np.testing.assert_allclose(pred, real, rtol=0.05)
+    # Six steps at lr 0.05 on a tiny net move the loss by 3e-4 to 1.4e-3, and the
+    # linearisation follows to 7e-5 (the long replay is tested in test_finetune).
+    np.testing.assert_allclose(pred, real, rtol=5e-4)
 
 
 def test_compare_rerun_reuses_everything(smoke_run):

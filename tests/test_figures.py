@@ -78,9 +78,17 @@ def test_fig_batch_size(tmp_path, smoke_checkpoint):
                                      smoke_checkpoint), str(tmp_path), progress=False)
   points = _written(numbers, str(tmp_path))['points']
   assert [p['batch_size'] for p in points] == [3, 6, 24]
-  # At B = N the SDE has no noise: it is the ODE, to float precision.
-  full = points[-1]
-  assert full['sde_t_eps'] == full['full_batch_t_eps']
+  # Each point is its configuration's row of the summary, recomputed from its curves.
+  from ntk_time import times  # pylint: disable=g-import-not-at-top
+  [name] = fig_batch_size_config.get_config('smoke').experiments.keys()
+  s = summary_lib.Summary.read(str(tmp_path / name))
+  for p in points:
+    [row] = [r for r in s.configs if r.hparams['batch_size'] == p['batch_size']]
+    for m in s.methods:
+      paths = row.predicted[m].times['t_eps'].per_curve
+      assert p[f'{m}_t_eps'] == pytest.approx(np.mean(paths)), (p['batch_size'], m)
+      real = row.real.times['t_eps'].value
+      assert p[f'{m}_error'] == pytest.approx(abs(p[f'{m}_t_eps'] - real) / real)
 
 
 def test_subset_experiment(tmp_path, smoke_checkpoint):

@@ -11,6 +11,7 @@ from ntk_time import models
 from ntk_time import ntk
 from ntk_time import predict
 from ntk_time import sgd
+from ntk_time import times
 
 
 @pytest.fixture(scope='module')
@@ -58,11 +59,11 @@ def test_replay_tracks_the_real_resnet_over_a_long_horizon_at_a_tiny_learning_ra
   real = finetune.finetune(apply_fn, params, task, hp, order, loss='cross_entropy',
                            eval_every=20, progress=False)
   lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False)
-  [pred] = predict.predict(lin, task.y_train, task.y_test, [hp], method='exact',
+  [pred] = predict.predict(lin, task.y_train, task.y_test, [hp], method='replay',
                            orders=[order[None]], loss='cross_entropy', eval_every=20,
-                           targets=predict.Targets())
+                           targets=times.Targets())
   for name in ('train_loss', 'test_loss'):
-    got, want = pred['curves'][name]['mean'], getattr(real['curves'], name)
+    got, want = pred.curves[name].mean, getattr(real['curves'], name)
     assert got[0] == pytest.approx(want[0], rel=1e-6), name
     assert want[-1] < want[0] - 2e-3, name  # it moved
     np.testing.assert_allclose(got[1:] - got[0], want[1:] - want[0], rtol=0.015, err_msg=name)
