@@ -144,7 +144,7 @@ def grid_cost(task, params, apply_fn, steps) -> dict:
     res = out[kernel] = {'kernel_seconds': lin.seconds}
     for size, grid in grids.items():
       preds = predict.predict(lin, task.y_train, task.y_test, grid, **common)
-      sim = sum(p['seconds'] for p in preds)
+      sim = sum(p.seconds for p in preds)
       train = sum(sps[hp.batch_size] * hp.steps for hp in grid)
       res[f'grid_{size}'] = {'simulation_seconds': sim, 'train_seconds': train,
                              'predict_seconds': lin.seconds + sim,
@@ -154,7 +154,7 @@ def grid_cost(task, params, apply_fn, steps) -> dict:
                              for p in preds]
     if kernel == 'full':  # as before the grid was one simulation; simulation seconds only
       res['grid_8_one_at_a_time_simulation_seconds'] = sum(
-          p['seconds'] for hp in grids[8]
+          p.seconds for hp in grids[8]
           for p in predict.predict(lin, task.y_train, task.y_test, [hp], **common))
   diffs = [abs(a - b) / b for a, b in zip(t_eps['traced', 32], t_eps['full', 32])
            if a is not None and b]

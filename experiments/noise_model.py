@@ -60,8 +60,8 @@ import jax
 import numpy as np
 
 from ntk_time import dynamics
-from ntk_time import predict
 from ntk_time import sgd
+from ntk_time import times
 
 _N = flags.DEFINE_integer('n', 500, 'training samples N')
 _C = flags.DEFINE_integer('classes', 5, 'classes C')
@@ -106,10 +106,14 @@ def summarise(curves, steps, eps):
   diverged = bool(not np.all(np.isfinite(loss)) or np.any(loss > 10 * max(loss[0, 0], 1.0)))
   if diverged:
     return {'diverged': True}
-  out = {'diverged': False, 'mean': mean, 'q05': np.quantile(loss, 0.05, 0), 'q95': np.quantile(loss, 0.95, 0),
-         't_eps': predict.t_eps(steps, mean, eps)}
-  for f in (2, 4, 8):
-    out[f'l0/{f}'] = predict.first_reaching(steps, mean, mean[0] / f)
+  targets = times.Targets(eps=eps, levels=(2.0, 4.0, 8.0))
+  per_path = [times.curve_times(steps, lo, np.zeros_like(lo), targets) for lo in loss]
+  out = {'diverged': False, 'mean': mean, 'q05': np.quantile(loss, 0.05, 0),
+         'q95': np.quantile(loss, 0.95, 0)}
+  # Per path, then the mean: the estimator of predictions and real runs (times.estimate).
+  for d, key in (('t_eps', 't_eps'), ('t_loss_2', 'l0/2'), ('t_loss_4', 'l0/4'),
+                 ('t_loss_8', 'l0/8')):
+    out[key] = times.estimate([p[d] for p in per_path], int(steps[-1])).value
   return out
 
 
@@ -176,7 +180,7 @@ def report(row, steps):
     if s['diverged'] or ref is None:
       print(f"  {kind:10s} {'diverged' if s['diverged'] else '(epoch diverged)'}")
       continue
-    fmt = lambda t: f'{t:5d}' if t is not None else '  n/a'
+    fmt = lambda t: f'{t:5.0f}' if t is not None else '  n/a'
     gap = np.abs(s['mean'] - ref).max() / ref[0]
     print(f"  {kind:10s} {fmt(s['t_eps'])} {fmt(s['l0/2'])} {fmt(s['l0/4'])} {fmt(s['l0/8'])}   "
           + '  '.join(f"{s['mean'][i]:.4f}" for i in at)

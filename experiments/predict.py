@@ -3,7 +3,7 @@ r"""Predicts every configuration of the grid, without fine-tuning: the method's 
   python -m experiments.predict --config ntk_time/configs/default.py --workdir workdirs/predict
 
 Pretrains (or loads the checkpoint), computes the kernel, times a real step
-per batch size, predicts each configuration with each of `predict.methods`,
+per optimiser structure, predicts each configuration with each of `predict.methods`,
 and writes predictions.json and ranking.json (per configuration: predicted
 T_eps and other training times with their 5–95% bands, and the predicted
 seconds to T_eps) to the workdir, then prints the grid ranked by predicted

@@ -141,6 +141,10 @@ def check(config) -> list[sgd.SGD]:
   if 'nt_gradient_descent' in pc.methods and not ntk.nt_available():
     raise ValueError("predict.methods has 'nt_gradient_descent', which needs neural-tangents "
                      '(not importable here)')
+  if 'nt_gradient_descent' in pc.methods and any(
+      hp.schedule != 'constant' or hp.nesterov or hp.weight_decay for hp in grid):
+    raise ValueError("predict.methods has 'nt_gradient_descent', whose gradient flow has no "
+                     'schedule, Nesterov or weight decay; the grid has one of them')
   hf = pc.horizon_fraction
   if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0 < hf <= 1:
     raise ValueError(f'predict.horizon_fraction must be in (0, 1], got {hf!r}')
@@ -154,7 +158,7 @@ def targets_from_config(pc) -> times.Targets:
   """The training-time definitions of a `predict` block."""
   levels = tuple(pc.levels)
   if not levels or any(isinstance(f, bool) or not isinstance(f, (int, float)) or not f > 1
-                       for f in levels) or len(set(levels)) != len(levels):
+                       for f in levels) or len({f'{f:g}' for f in levels}) != len(levels):
     raise ValueError(f'predict.levels must be distinct fractions f > 1 (times to reach L0/f), '
                      f'got {levels!r}')
   _positive_float(pc.eps, 'predict.eps')

@@ -38,6 +38,7 @@ import scipy.sparse.linalg
 import tqdm
 
 from ntk_time import devices
+from ntk_time import losses
 
 PyTree = Any
 IMPLEMENTATIONS = ('direct', 'nt_jacobian_contraction', 'nt_ntvp')
@@ -473,7 +474,6 @@ def nt_gradient_descent(k_train_train: np.ndarray, fx_train_0: np.ndarray, y_tra
     a test set.
   """
   import neural_tangents as nt  # pylint: disable=g-import-not-at-top
-  from ntk_time import losses  # pylint: disable=g-import-not-at-top
   n, c = np.shape(fx_train_0)
   dtype = np.asarray(fx_train_0).dtype
   labels = jnp.asarray(y_train)

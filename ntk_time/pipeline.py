@@ -52,11 +52,20 @@ def config_name(hp: sgd.SGD) -> str:
   return f'lr{hp.lr:g}_B{hp.batch_size}_m{hp.momentum:g}_wd{hp.weight_decay:g}'
 
 
-def baselines(methods) -> list[str]:
-  """The baselines of a run comparing `methods`: the simulated ones not among the
-  methods (nt_gradient_descent only where neural-tangents imports), then the trivial."""
+def nt_supports(configs: list[sgd.SGD]) -> bool:
+  """Whether neural-tangents' gradient flow can stand for this grid: it imports
+  here, and every configuration has a constant learning rate, heavy-ball momentum
+  and no weight decay (its ODE has none of the others)."""
+  return ntk.nt_available() and all(
+      hp.schedule == 'constant' and not hp.nesterov and not hp.weight_decay for hp in configs)
+
+
+def baselines(methods, configs: list[sgd.SGD]) -> list[str]:
+  """The baselines of a run comparing `methods` on `configs`: the simulated ones
+  not among the methods (nt_gradient_descent where `nt_supports` the grid), then
+  the trivial ones."""
   sim = [b for b in SIMULATED_BASELINES if b not in methods
-         and (b != 'nt_gradient_descent' or ntk.nt_available())]
+         and (b != 'nt_gradient_descent' or nt_supports(configs))]
   return sim + list(TRIVIAL_BASELINES)
 
 
@@ -225,7 +234,7 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
                                                     keys['time'])
   step_timing_seconds = time.perf_counter() - t0
   methods = list(pc.methods)
-  base_names = baselines(methods) if with_baselines else []
+  base_names = baselines(methods, configs) if with_baselines else []
   simulated = methods + [b for b in base_names if b in SIMULATED_BASELINES]
   pred_hash = wd.config_hash({'kernel': kernel_hash, 'grid': [hp.to_dict() for hp in configs],
                               'predict': pc.to_dict(), 'loss': ft.loss, 'simulated': simulated,
@@ -311,13 +320,15 @@ def _errors(pred: summary_lib.Prediction | None, constant: dict[str, float] | No
       value = None if diverged else pred.times[d].value
     out[d] = times_lib.error(value, real.times[d].value, horizon, predicted_diverged=diverged,
                              real_diverged=real.diverged)
-  real_loss = np.mean(real.curves['train_loss'], axis=0)
+  finite = [c for c in real.curves['train_loss'] if np.all(np.isfinite(c))]
   if constant is not None:
     out['curve_log_error'] = summary_lib.Error(None)
-  elif pred.diverged or not np.all(np.isfinite(real_loss)):
-    out['curve_log_error'] = summary_lib.Error(
-        0.0 if pred.diverged and real.diverged else float('inf'), miss=True)
+  elif pred.diverged or real.diverged or not finite:
+    both = pred.diverged and real.diverged
+    out['curve_log_error'] = summary_lib.Error(0.0 if both else float('inf'), miss=not both)
   else:
+    # The mean of the seeds that did not diverge (a minority, or the real times say so).
+    real_loss = np.mean(finite, axis=0)
     out['curve_log_error'] = summary_lib.Error(
         times_lib.curve_log_error(pred.curves['train_loss'].mean, real_loss))
   return out
@@ -352,8 +363,8 @@ def aggregate(rows: list[summary_lib.ConfigResult], predictors: list[str],
 
 def verdicts(agg, methods, base_names) -> dict[str, summary_lib.Verdict]:
   """A method works where its median T_eps error and its median loss-level error
-  are both below every baseline's (a baseline with no value cannot be beaten on
-  that measure, nor beat)."""
+  are both below every baseline's (a method with no value on a measure beats
+  nothing; a baseline with none is beaten on it by any value)."""
   out = {}
   for m in methods:
     beats, loses = [], []
@@ -361,10 +372,11 @@ def verdicts(agg, methods, base_names) -> dict[str, summary_lib.Verdict]:
       won = True
       for key in ('t_eps', 'levels'):
         mine, theirs = agg[m][key].median, agg[b][key].median
-        if theirs is not None and (mine is None or mine >= theirs):
+        if mine is None or (theirs is not None and mine >= theirs):
           won = False
       (beats if won else loses).append(b)
-    out[m] = summary_lib.Verdict(works=not loses, beats=beats, loses_to=loses)
+    out[m] = summary_lib.Verdict(works=bool(base_names) and not loses, beats=beats,
+                                 loses_to=loses)
   return out
 
 
@@ -444,12 +456,14 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
                                          if getattr(r.seconds, k) is not None])
                       for k in ('measured_step_error', 'flops_step_error', 't_eps_error')},
       configs=rows, wall_seconds=time.perf_counter() - t_start,
-      notes=[] if ntk.nt_available() or 'nt_gradient_descent' in pr.methods else
-      ['nt_gradient_descent baseline left out: neural-tangents does not import here'])
+      notes=[] if 'nt_gradient_descent' in pr.preds else
+      ['nt_gradient_descent baseline left out: neural-tangents does not import here, or the '
+       'grid has a schedule, Nesterov or weight decay, which its gradient flow does not model'])
   summary.write(workdir)
+  summary = summary_lib.Summary.read(workdir)  # as every reader sees it
   write_csv(summary, os.path.join(workdir, 'summary.csv'))
-  plots.all_figures(summary_lib.Summary.read(workdir), workdir)
-  return summary_lib.Summary.read(workdir)
+  plots.all_figures(summary, workdir)
+  return summary
 
 
 def _median(vals):
@@ -526,9 +540,10 @@ def run_subset(config, workdir: str, progress: bool = True) -> dict:
     cfg.finetune.loss = loss
     for i, hp in enumerate(grid):
       name = f'{loss}_{config_name(hp)}'
-      order = sgd.batch_order(jax.random.fold_in(keys['order'], 0), n, hp.batch_size, hp.steps)
+      order = sgd.batch_order(jax.random.fold_in(keys['order'], 0), n, hp.batch_size, hp.steps,
+                              ft.sampling)
       run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'loss': loss,
-                                 'eval_every': ft.eval_every})
+                                 'eval_every': ft.eval_every, 'order': wd.digest(order)})
       real, curves = real_run(apply_fn, params, task, hp, order, cfg,
                                       os.path.join(workdir, 'runs', name), run_hash, None, None,
                                       progress)
@@ -544,7 +559,8 @@ def run_subset(config, workdir: str, progress: bool = True) -> dict:
         [rep] = predict.predict(lin, task.y_train[:m], task.y_test, [hp],
                                 key=jax.random.fold_in(keys['sde'], i), method='sde',
                                 loss=loss, eval_every=ft.eval_every, targets=targets,
-                                num_paths=e.predict.num_paths, dt=e.predict.dt, population=n)
+                                num_paths=e.predict.num_paths, dt=e.predict.dt, population=n,
+                                sampling=ft.sampling)
         entry = {'m': m, 'kernel_seconds': lin.seconds,
                  'replica_t_eps': None if rep.diverged else rep.times['t_eps'].value,
                  'replica_seconds': time.perf_counter() - t0,
@@ -636,14 +652,15 @@ def write_csv(s: summary_lib.Summary, path: str) -> None:
 def format_table(s: summary_lib.Summary) -> str:
   """The per-configuration table and the aggregates with baselines, as printed text."""
   lines = []
-  head = f"{'configuration':26s} {'real T_eps':>10s} {'T(L0/2,4,8)':>15s} {'drift':>6s}"
+  fracs = ','.join(f'{f:g}' for f in s.targets['levels'])
+  head = f"{'configuration':26s} {'real T_eps':>10s} {'T(L0/' + fracs + ')':>15s} {'drift':>6s}"
   for m in s.methods:
     head += f" | {m + ' T_eps [5-95%]':>24s} {'err':>5s}"
   lines += ['', head]
   for r in s.configs:
     real = r.real.times
     stopped = [k for k in r.real.diverged_at if k is not None]
-    t_real = f'diverged@{stopped[0]}' if stopped else _fmt(real['t_eps'].value)
+    t_real = f'diverged@{stopped[0]}' if r.real.diverged else _fmt(real['t_eps'].value)
     levels = ','.join(_fmt(real[d].value) for d in s.definitions if d.startswith('t_loss_'))
     line = f"{r.name:26s} {t_real:>10s} {levels:>15s} {_fmt(r.real.kernel_drift):>6.6s}"
     for m in s.methods:
@@ -675,7 +692,7 @@ def format_table(s: summary_lib.Summary) -> str:
         f" ({lv.misses} miss) {_fmt(al.median, True):>5s} / {_fmt(al.max, True):>4s} "
         f"({al.misses} miss) {_fmt(a['curve_log_error'].median):>9s}  {verdict}")
   lines.append(
-      f"real seed-to-seed spread (max-min)/median, median over configurations: T_eps "
+      f"real seed-to-seed spread (max-min)/mean, median over configurations: T_eps "
       f"{_fmt(s.seed_spread['t_eps'], True)}, "
       + ', '.join(f"{d} {_fmt(s.seed_spread[d], True)}" for d in s.definitions
                   if d.startswith('t_loss_'))
@@ -700,10 +717,11 @@ def format_table(s: summary_lib.Summary) -> str:
 def markdown_table(summaries: dict[str, summary_lib.Summary]) -> list[str]:
   """The accuracy table of several targets (the README's): per target, every
   method and baseline with its errors and whether the method works there."""
-  lines = ['| target | predictor | T_eps error median / max | loss levels L0/2,4,8: median / max '
-           '(misses) | accuracy levels: median / max (misses) | curve error median | works? | '
-           'real seed spread T_eps / levels | kernel drift median | predict vs train cost |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+  fracs = {','.join(f'{f:g}' for f in s.targets['levels']) for s in summaries.values()}
+  lines = [f"| target | predictor | T_eps error median / max | loss levels L0/{'; '.join(fracs)}: "
+           'median / max (misses) | accuracy levels: median / max (misses) | curve error median '
+           '| works? | real seed spread T_eps / levels | kernel drift median | predict vs train '
+           'cost |', '|---|---|---|---|---|---|---|---|---|---|']
   for name, s in summaries.items():
     ft = s.config['finetune']
     target = (f"{name}: N = {s.task['n_train']}, {len(s.configs)} configs × {ft['seeds']} seeds, "

@@ -2,8 +2,9 @@
 
 `predict(lin, ...)` simulates each SGD configuration on the linearised model
 (`dynamics.py`) and summarises the paths: mean and 5/50/95% quantile curves,
-and the training time under each definition of DESIGN §3.3, on the mean curve
-and as quantiles over paths. Times are in SGD steps; `to_seconds` converts.
+and the training time under each definition of DESIGN §3.3 path by path, with
+the estimate (times.estimate) and quantiles over paths. Times are in SGD steps;
+`to_seconds` converts.
 """
 
 import dataclasses
@@ -147,8 +148,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
 
   Returns:
     One summary.Prediction per configuration: mean and quantile curves over
-    paths, and every definition's time per path with its estimate (the median
-    over paths, times.estimate — the statistic applied to the real seeds); a
+    paths, and every definition's time per path with its estimate (their mean,
+    times.estimate — the statistic applied to the real seeds); a
     diverging configuration has curves and times None and says so.
   """
   if method not in METHODS:

@@ -86,9 +86,9 @@ class Time(_Json):
   """One training-time definition measured on a set of curves (paths or seeds).
 
   per_curve: the time of each curve (None: that curve never reaches it).
-  value: the estimate compared on both sides, the median of per_curve with a
-    never-reaching curve counted as later than every step (None: more than half
-    the curves never reach it; see times.estimate).
+  value: the estimate compared on both sides, the mean of per_curve with a
+    never-reaching curve counted at the horizon (None: more than half the
+    curves never reach it; see times.estimate).
   q05, q95: quantiles of per_curve in the same sense.
   """
   value: float | None
@@ -142,7 +142,7 @@ class Error(_Json):
   """A predictor's error on one definition of one configuration.
 
   value: |T̂ − T|/T (curve_log_error: max_t |log L̂_t − log L_t|); inf where one
-  side diverged and the other did not; None where neither side reaches the
+  side diverged and the other did not, or the real time is 0 and the predicted not; None where neither side reaches the
   level within the horizon (nothing to compare; counted as unreached).
   miss: the prediction reaches a level the real runs do not, or the other way
   round; value is then the error it has at the horizon, a lower bound.

@@ -2,8 +2,8 @@
 
 Every definition is applied to one curve at a time — a simulated path or a
 real seed — and the per-curve times are then summarised by one statistic,
-`estimate`: the median, a curve that never reaches counting as later than
-horizon. Predicted and real times are computed by the same two functions,
+`estimate`: the mean, a curve that never reaches counting at the horizon.
+Predicted and real times are computed by the same two functions,
 so that noise biases both the same way whatever the number of curves (the
 mean curve of 3 seeds is noisier than that of 32 paths, and noise enters a
 ±ε band early; the mean of per-curve times has the same expectation for any
@@ -106,6 +106,8 @@ def estimate(per_curve: list[float | None], horizon: int) -> summary_lib.Time:
   horizon rule is the same on both sides. q05/q95: quantiles over the curves,
   None where they fall on never-reaching ones.
   """
+  if not per_curve:
+    return summary_lib.Time(value=None, per_curve=[])
   vals = np.array([np.inf if v is None else v for v in per_curve], np.float64)
   q05, q95 = (np.quantile(vals, q, method='nearest') for q in (0.05, 0.95))
   fin = lambda v: float(v) if np.isfinite(v) else None
@@ -130,7 +132,9 @@ def error(predicted: float | None, real: float | None, horizon: int, *,
   Where only one side reaches a level within the horizon, the other's time is
   at least the horizon, and the error at the horizon, a lower bound, is what
   counts: |T − real|/real, or |predicted − T|/T. A divergence on one side only
-  is an infinite error; on both sides, none.
+  is an infinite error; on both sides, none. A real time of 0 (the real curve
+  within ε of its end from the start) makes any other prediction an infinite
+  error too: relative errors have no scale there.
   """
   if predicted_diverged or real_diverged:
     return summary_lib.Error(0.0 if predicted_diverged and real_diverged else float('inf'),

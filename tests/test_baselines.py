@@ -81,7 +81,8 @@ def _row(real_times, pred_times, horizon=400):
       curves={'train_loss': [np.ones(3)]}, times={k: times.estimate([real_times], horizon)
                                                    for k in d},
       spread=dict.fromkeys(d), train_seconds=[1.0], seconds_per_step=0.1, diverged_at=[None])
-  errors = {m: {k: times.error(t, real_times, horizon) for k in d} for m, t in pred_times.items()}
+  errors = {m: {k: times.error(t, real_times, horizon) for k in d}
+            | {'curve_log_error': summary_lib.Error(None)} for m, t in pred_times.items()}
   return summary_lib.ConfigResult(name='x', hparams={}, horizon=horizon, eval_every=20,
                                   steps=np.arange(3), real=real, predicted={}, errors=errors,
                                   seconds=None)

@@ -101,12 +101,12 @@ def test_unknown_source():
 def test_paper_config_reads_its_tfds_target_offline(name, tmp_path):
   """Each tfds target of configs/paper.py, through tfds.testing.mock_data (no download)."""
   tfds = pytest.importorskip('tensorflow_datasets')
-  from ntk_time import configs  # pylint: disable=g-import-not-at-top
+  from ntk_time import checks  # pylint: disable=g-import-not-at-top
   from ntk_time.configs import paper  # pylint: disable=g-import-not-at-top
   config = paper.get_config(name)
   config.pretrain.checkpoint = str(tmp_path / 'imagenet.msgpack')
   open(config.pretrain.checkpoint, 'wb').close()
-  assert configs.check(config)
+  assert checks.check(config)
   # Mock data has random labels: take every image of the 10 classes (at least one each), and
   # a small size except for one dataset, which checks the paper's 224×224.
   size = 224 if name == 'cifar10' else 32

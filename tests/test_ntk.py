@@ -241,8 +241,10 @@ def _run_devices_script(tmp_path, name, devices_per_process, processes=1):
   import sys  # pylint: disable=g-import-not-at-top
   script = tmp_path / 'run.py'
   script.write_text(_DEVICES_SCRIPT)
-  # ntk_time from this checkout, like the tests' own (also where another one is installed).
-  path = os.pathsep.join(d for d in (ROOT, os.environ.get('PYTHONPATH')) if d)
+  # ntk_time from this checkout, like the tests' own (also where another one is installed),
+  # and the tests' conftest helpers.
+  path = os.pathsep.join(d for d in (ROOT, os.path.join(ROOT, 'tests'),
+                                     os.environ.get('PYTHONPATH')) if d)
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=path,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
   with socket.socket() as s:
