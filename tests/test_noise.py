@@ -1,12 +1,12 @@
 """Minibatch sampling: epoch reshuffling against i.i.d. batches (issue 12 item 6)."""
 
 import jax
-from jax.experimental import enable_x64
 import numpy as np
 import pytest
 
 from ntk_time import dynamics
 from ntk_time import sgd
+from ntk_time.compat import enable_x64
 
 
 def test_epoch_order_is_unchanged_by_the_new_argument():
