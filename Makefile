@@ -60,7 +60,7 @@ ACC := workdirs/accuracy
 accuracy: setup
 	$(PY) -m experiments.fig_times --config=ntk_time/configs/fig_times.py --workdir=$(ACC)
 	$(PY) -m experiments.fig_curves --config=ntk_time/configs/fig_curves.py --workdir=$(ACC)
-	$(PY) -m experiments.report $(ACC)/fashion $(ACC)/digits $(ACC)/fashion14
+	$(PY) -m experiments.report $(ACC)/fashion $(ACC)/digits $(ACC)/fashion_mse
 
 # Figures 3 and 4 (figures 1 and 2 are `make accuracy`).
 figures: setup

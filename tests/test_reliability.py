@@ -86,8 +86,8 @@ def test_bad_config_is_refused_before_any_work(field, value, error, match):
 
 
 def test_smoke_and_shipped_configs_pass_the_check():
-  from ntk_time.configs import default, digits, fashion14  # pylint: disable=g-import-not-at-top
-  for module in (smoke, default, digits, fashion14):
+  from ntk_time.configs import default, digits, fashion_mse  # pylint: disable=g-import-not-at-top
+  for module in (smoke, default, digits, fashion_mse):
     assert checks.check(module.get_config())
 
 

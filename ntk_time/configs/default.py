@@ -28,19 +28,26 @@ def get_config() -> mlc.ConfigDict:
       checkpoint=''))
 
   # Target task: what is fine-tuned, and what is predicted.
+  # N = 200 at 14×14: small enough that the real runs fit the training set well
+  # inside the horizon (a cross-entropy run at N = 500, 28×28 is still falling after
+  # 1,600 steps at η/(1−m) = 0.01), and a real step 2-3× cheaper, so that the
+  # 8 configurations × 1,200 steps fit the 15-minute budget of `make demo`.
   c.target = mlc.ConfigDict(dict(
-      source='fashion_mnist', data_dir='', image_size=0, classes=(5, 6, 7, 8, 9),
-      n_train=500, n_test=200, seed=1, train_split='train', test_split='test',
+      source='fashion_mnist', data_dir='', image_size=14, classes=(5, 6, 7, 8, 9),
+      n_train=200, n_test=200, seed=1, train_split='train', test_split='test',
       normalize='dataset'))
 
   c.finetune = mlc.ConfigDict(dict(
-      # 800 steps (16 epochs at B = 10, 80 at B = 50): long enough for the runs with
-      # η/(1−m) >= 0.03 to flatten, so that T_eps says something there (README, "What
-      # make demo does"); the whole training set evaluated every 20 steps.
-      loss='cross_entropy', steps=800, eval_every=20,
-      # The grid is the product of these lists: η/(1−m) = 0.003, 0.01, 0.03, 0.1, each at
-      # two batch sizes; lr stays below the linearised stability bound at m = 0.
-      lr=(0.003, 0.01), batch_size=(10, 50), momentum=(0.0, 0.9), weight_decay=(0.0,),
+      # 1,200 steps, the whole training set evaluated every 20: measured on this
+      # target, the real T_eps spreads from about 100 steps (η/(1−m) = 0.2, B = 50) to
+      # 600-800 (η/(1−m) = 0.01) while η/(1−m) = 0.001 is still falling at the horizon
+      # (README, "What make demo does").
+      loss='cross_entropy', steps=1200, eval_every=20,
+      # The grid is the product of these lists: η/(1−m) = 0.001, 0.01, 0.02, 0.2 (200×),
+      # each at two batch sizes; at m = 0, lr stays below the linearised stability
+      # bound (0.045 for this kernel and loss; the SDE's η/(1−m) at m = 0.9 is not,
+      # above lr 0.0045: the paper's SDE predicts divergence there).
+      lr=(0.001, 0.02), batch_size=(10, 50), momentum=(0.0, 0.9), weight_decay=(0.0,),
       nesterov=False, schedule='constant',
       # Minibatches: 'epoch' (reshuffled once per epoch, as real training does) or 'iid'
       # (B distinct samples drawn afresh every step: the SDE's noise model), the same
@@ -50,7 +57,7 @@ def get_config() -> mlc.ConfigDict:
       seeds=1,
       # Steps between saved training states (a multiple of eval_every): an
       # interrupted run resumes from the last one.
-      checkpoint_every=200))
+      checkpoint_every=400))
 
   c.kernel = mlc.ConfigDict(dict(
       implementation='direct',  # 'direct', 'nt_jacobian_contraction' or 'nt_ntvp'

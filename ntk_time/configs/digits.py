@@ -1,4 +1,5 @@
-r"""Far domain: the Fashion-MNIST 0–4 ResNet-8 fine-tuned on scikit-learn digits 0–4 (28×28).
+r"""Far domain: the Fashion-MNIST 0–4 ResNet-8 fine-tuned on scikit-learn digits 0–4
+(8×8, upscaled to the demo's 14×14).
 
 Part of the accuracy study (`make accuracy`); reuses the default pretrained checkpoint:
 
@@ -11,7 +12,7 @@ from ntk_time.configs import default
 
 def get_config():
   c = default.get_config()
-  c.target.update(source='digits', image_size=28, classes=(0, 1, 2, 3, 4), n_train=500, n_test=147,
+  c.target.update(source='digits', image_size=14, classes=(0, 1, 2, 3, 4), n_train=200, n_test=200,
                   seed=1)
   c.finetune.seeds = 3
   return c

@@ -20,7 +20,10 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
     e.finetune.update(lr=(0.05,), momentum=(0.0,), batch_size=(3, 6, 24))
   else:
     e = default.get_config()
-    e.finetune.update(lr=(0.01,), momentum=(0.0,), batch_size=(10, 25, 50, 100, 250, 500))
+    # The figure's own target (the demo's before it moved to N = 200 at 14×14): B up to N = 500.
+    e.target.update(n_train=500, image_size=0)
+    e.finetune.update(lr=(0.01,), momentum=(0.0,), batch_size=(10, 25, 50, 100, 250, 500),
+                      steps=800, checkpoint_every=200)
   e.predict.methods = ('sde', 'full_batch', 'replay')
   c = mlc.ConfigDict()
   c.experiments = mlc.ConfigDict({'batch_size': e})

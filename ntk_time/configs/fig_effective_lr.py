@@ -19,7 +19,10 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
     e.finetune.update(lr=(0.02, 0.05), momentum=(0.0, 0.6), batch_size=(6,))
   else:
     e = default.get_config()
-    e.finetune.update(lr=(0.001, 0.002, 0.01), momentum=(0.0, 0.5, 0.9), batch_size=(25,))
+    # The figure's own target (the demo's before it moved to N = 200 at 14×14).
+    e.target.update(n_train=500, image_size=0)
+    e.finetune.update(lr=(0.001, 0.002, 0.01), momentum=(0.0, 0.5, 0.9), batch_size=(25,),
+                      steps=800, checkpoint_every=200)
   c = mlc.ConfigDict()
   c.experiments = mlc.ConfigDict({'effective_lr': e})
   return c

@@ -14,7 +14,7 @@ def get_config():
   c.source.update(source='digits', classes=(0, 1, 2, 3, 4), n_train=200, n_test=50)
   c.model.update(name='ResNetTiny', num_filters=4)
   c.pretrain.update(epochs=1, batch_size=20)
-  c.target.update(source='digits', classes=(5, 6, 7), n_train=24, n_test=12)
+  c.target.update(source='digits', classes=(5, 6, 7), n_train=24, n_test=12, image_size=0)
   c.finetune.update(steps=6, eval_every=2, lr=(0.05,), batch_size=(6, 24), momentum=(0.0, 0.9),
                     seeds=1, checkpoint_every=2)
   c.kernel.update(block_size=10, drift_samples=8)

@@ -22,7 +22,7 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
     c.sizes = (6, 12)
   else:
     e = default.get_config()
-    e.target.update(n_train=10_000, n_test=500)
+    e.target.update(n_train=10_000, n_test=500, image_size=0)
     e.finetune.update(lr=(0.003,), batch_size=(25, 100), momentum=(0.9,))
     c.sizes = (250, 500, 1000, 2000)
   c.experiment = e
