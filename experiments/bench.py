@@ -16,8 +16,8 @@ Prints and writes to JSON, so that commits can be compared:
      sketched beyond) and against C (N = `--n`), and SDE steps per second
      against N·C;
   5. the low-rank SDE (dynamics.low_rank, `--ranks`) against the dense one on a
-     cached kernel (`--kernel`, the demo's by default): simulation speed-up,
-     curve error max|log L̂_k − log L̂_dense| of the mean training-loss curves,
+     cached kernel (`--kernel`, the demo's by default): simulation speed-up
+     with and without XLA compilation (each simulation compiles afresh), curve error max|log L̂_k − log L̂_dense| of the mean training-loss curves,
      predicted T_eps difference and the bound β_k (dynamics.truncation_bounds),
      over a grid of 4 at m = 0 (lr 0.003, 0.01 × B 10, 50), 16 paths each.
 Model: the default ResNet-8 with random weights (costs do not depend on the
@@ -221,42 +221,35 @@ def low_rank(path, ranks, steps) -> dict:
   common = dict(key=jax.random.key(0), method='sde', loss='cross_entropy', eval_every=20,
                 targets=times.Targets(), num_paths=16)
 
+  # XLA compilation is timed apart (jax.monitoring): every simulate_sde call compiles
+  # afresh, and at small k it would dominate what a step costs.
+  compiled = [0.0]
+
+  def on_event(event, duration, **_):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiled[0] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+
   def run(rank):
-    t0 = time.perf_counter()
+    """predict's Predictions, wall seconds, simulation seconds, and the latter less compilation."""
+    t0, c0 = time.perf_counter(), compiled[0]
     preds = predict.predict(lin, task.y_train, task.y_test, grid, rank=rank, **common)
-    return preds, time.perf_counter() - t0, sum(p.seconds for p in preds)
+    sim = sum(p.seconds for p in preds)
+    return preds, time.perf_counter() - t0, sim, sim - (compiled[0] - c0)
 
-  short = eval_every = common['eval_every']
-  keys = jax.random.split(jax.random.key(1), common['num_paths'] * len(grid))
-
-  def per_step(kernel, seconds):
-    """Seconds per SGD step without compilation: the grid's simulation over `steps` minus
-    one over `short` steps, as predict simulates it (every path at once)."""
-    per_path = lambda f: np.repeat([f(hp) for hp in grid], common['num_paths'], axis=0)
-    t0 = time.perf_counter()
-    dynamics.simulate_sde(keys, per_path(lambda hp: sgd.learning_rates(hp)[:short]), kernel,
-                          lin.fx_train_0, task.y_train,
-                          batch_size=per_path(lambda hp: hp.batch_size), loss='cross_entropy',
-                          eval_every=eval_every, k_test_train=lin.k_test_train,
-                          fx_test_0=lin.fx_test_0, y_test=task.y_test, sampling='epoch')
-    return (seconds - (time.perf_counter() - t0)) / (steps - short)
-
-  dense, dense_wall, dense_sim = run(0)
-  dense_step = per_step(lin.k_train_train, dense_sim)
+  dense, dense_wall, dense_sim, dense_run = run(0)
   lr_sum = max(float(np.sum(sgd.learning_rates(hp))) for hp in grid)
   top = dynamics.low_rank(lin.k_train_train, max(ranks))
   bounds = dynamics.truncation_bounds(lin.k_train_train, top, lin.fx_train_0, task.y_train,
                                       loss='cross_entropy', lr_sum=lr_sum)
   out = {'n': len(task.y_train), 'c': lin.fx_train_0.shape[1], 'steps': steps,
          'dense_simulation_seconds': dense_sim, 'dense_wall_seconds': dense_wall,
-         'dense_seconds_per_step': dense_step,
+         'dense_simulation_seconds_less_compilation': dense_run,
          'dense_t_eps': [None if p.diverged else p.times['t_eps'].value for p in dense],
          'ranks': []}
   for rank in ranks:
-    preds, wall, sim = run(rank)
-    # The short run only times a step: the leading modes of `top` have the shapes it needs.
-    step = per_step(dynamics.LowRank(top.eigvals[:rank].astype(np.float32),
-                                     top.eigvecs[..., :rank].astype(np.float32)), sim)
+    preds, wall, sim, sim_run = run(rank)
     curve, loss, t_eps = [], [], []
     for p, d in zip(preds, dense):
       if p.diverged or d.diverged:
@@ -269,8 +262,9 @@ def low_rank(path, ranks, steps) -> dict:
     out['ranks'].append({
         'rank': rank, 'basis_seconds': wall - sim, 'simulation_seconds': sim,
         'wall_seconds': wall, 'simulation_speedup': dense_sim / sim,
-        'wall_speedup': dense_wall / wall, 'seconds_per_step': step,
-        'per_step_speedup': dense_step / step, 'max_curve_error': max(curve, default=None),
+        'wall_speedup': dense_wall / wall, 'simulation_seconds_less_compilation': sim_run,
+        'speedup_less_compilation': dense_run / sim_run,
+        'max_curve_error': max(curve, default=None),
         'max_loss_error': max(loss, default=None),
         't_eps_abs_difference': t_eps, 'compared': len(curve),
         't_eps': [None if p.diverged else p.times['t_eps'].value for p in preds],
@@ -322,14 +316,15 @@ def main(_):
   if '5' in parts:
     results['low_rank'] = r = low_rank(_KERNEL.value, [int(k) for k in _RANKS.value], _STEPS.value)
     print(f"5. low-rank SDE, N·C = {r['n'] * r['c']}, grid of 4 × 16 paths, {r['steps']} steps: "
-          f"dense simulation {r['dense_simulation_seconds']:.1f} s with compilation "
-          f"({1e3 * r['dense_seconds_per_step']:.1f} ms a step without; "
+          f"dense simulation {r['dense_simulation_seconds']:.1f} s "
+          f"({r['dense_simulation_seconds_less_compilation']:.1f} s without XLA compilation; "
           f"{r['dense_wall_seconds']:.1f} s with λ_max), predicted T_eps {r['dense_t_eps']}",
           flush=True)
     for k in r['ranks']:
-      print(f"   k={k['rank']:5d}: {1e3 * k['seconds_per_step']:6.2f} ms a step "
-            f"({k['per_step_speedup']:5.1f}× faster), simulation {k['simulation_seconds']:5.1f} s "
-            f"({k['simulation_speedup']:4.1f}×), basis and the rest {k['basis_seconds']:5.1f} s (wall "
+      print(f"   k={k['rank']:5d}: simulation {k['simulation_seconds_less_compilation']:5.1f} s "
+            f"without compilation ({k['speedup_less_compilation']:5.1f}× faster), "
+            f"{k['simulation_seconds']:5.1f} s with ({k['simulation_speedup']:4.1f}×), basis and "
+            f"the rest {k['basis_seconds']:5.1f} s (wall "
             f"{k['wall_speedup']:4.1f}×); curve error {k['max_curve_error']:.2e}, loss error "
             f"{k['max_loss_error']:.2e} vs bound β_k {k['bound']:.2e}; |ΔT_eps| "
             f"{k['t_eps_abs_difference']} ({k['compared']} compared)", flush=True)
