@@ -17,7 +17,8 @@ Prints and writes to JSON, so that commits can be compared:
      against N·C;
   5. the low-rank SDE (dynamics.low_rank, `--ranks`) against the dense one on a
      cached kernel (`--kernel`, the demo's by default): simulation speed-up
-     with and without XLA compilation (each simulation compiles afresh), curve error max|log L̂_k − log L̂_dense| of the mean training-loss curves,
+     with and without XLA compilation (each simulation compiles afresh), curve
+     error max|log L̂_k − log L̂_dense| of the mean training-loss curves,
      predicted T_eps difference and the bound β_k (dynamics.truncation_bounds),
      over a grid of 4 at m = 0 (lr 0.003, 0.01 × B 10, 50), 16 paths each.
 Model: the default ResNet-8 with random weights (costs do not depend on the

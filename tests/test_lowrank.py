@@ -1,4 +1,5 @@
-"""The low-rank simulators (dynamics.low_rank, DESIGN §3.6) against the dense ones and known answers."""
+"""The low-rank simulators (dynamics.low_rank, DESIGN §3.6): against the dense ones and
+known answers."""
 
 import jax
 import numpy as np
@@ -199,7 +200,8 @@ def test_predict_low_rank_full_rank_equals_dense_and_rank_tol_reports_its_rank()
     (dict(rank_tol=-0.1), 'predict.rank_tol=-0.1'),
     (dict(rank=10, rank_tol=0.01), 'predict.rank=10 and predict.rank_tol=0.01'),
     (dict(rank=10_000), 'predict.rank=10000 is more than'),
-    (dict(rank=10, methods=('head_aware',)), r"predict.rank=10, .*predict.methods=\('head_aware',\)"),
+    (dict(rank=10, methods=('head_aware',)),
+     r"predict.rank=10, .*predict.methods=\('head_aware',\)"),
 ])
 def test_bad_low_rank_config_is_refused(updates, match):
   config = smoke.get_config()
