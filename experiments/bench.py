@@ -1,6 +1,6 @@
 r"""Cost benchmark: ratios measured side by side in one run on this machine (`make bench`).
 
-  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--parts=1,2,3,4]
+  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--parts=1,2,3,4,5]
                               [--out=workdirs/bench.json]
 
 Prints and writes to JSON, so that commits can be compared:
@@ -14,7 +14,13 @@ Prints and writes to JSON, so that commits can be compared:
      seconds per compiled step × steps, evaluation excluded;
   4. kernel time and memory against N (C = 5; exact up to N = `--exact_max`,
      sketched beyond) and against C (N = `--n`), and SDE steps per second
-     against N·C.
+     against N·C;
+  5. the low-rank SDE (dynamics.low_rank, `--ranks`) against the dense one on a
+     cached kernel (`--kernel`, the demo's by default): simulation speed-up
+     with and without XLA compilation (each simulation compiles afresh), curve
+     error max|log L̂_k − log L̂_dense| of the mean training-loss curves,
+     predicted T_eps difference and the bound β_k (dynamics.truncation_bounds),
+     over a grid of 4 at m = 0 (lr 0.003, 0.01 × B 10, 50), 16 paths each.
 Model: the default ResNet-8 with random weights (costs do not depend on the
 values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed).
 """
@@ -39,6 +45,8 @@ from ntk_time import ntk
 from ntk_time import predict
 from ntk_time import sgd
 from ntk_time import times
+from ntk_time import workdir as wd
+from ntk_time.configs import default
 
 _SIZES = flags.DEFINE_list('sizes', ['250', '500', '1000', '2000', '4000'], 'N for the table')
 _N = flags.DEFINE_integer('n', 500, 'N for parts 1-3')
@@ -48,7 +56,11 @@ _CLASSES = flags.DEFINE_list('class_counts', ['2', '5', '10'], 'part 4: C at N =
 _SKETCHES = flags.DEFINE_list('sketches', ['256', '1024', '4096', '16384'], 'sketch sizes k')
 _STEPS = flags.DEFINE_integer('steps', 400, 'horizon of the predicted grids')
 _SOURCE = flags.DEFINE_string('source', 'fashion_mnist', "'fashion_mnist' or 'digits'")
-_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '4'], 'which parts to run (numbers below)')
+_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '4', '5'], 'which parts to run (numbers below)')
+_KERNEL = flags.DEFINE_string('kernel', 'workdirs/default/kernel.npz',
+                              "part 5: a kernel cache of pipeline.cached_kernel, made on the "
+                              "default config's target set")
+_RANKS = flags.DEFINE_list('ranks', ['25', '50', '100', '200'], 'part 5: ranks k')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench.json', 'JSON results')
 
 
@@ -196,11 +208,77 @@ def scaling(source, sizes, exact_max, steps, sketch_dim=4096, class_counts=(), n
   return {'rows': rows}
 
 
+def low_rank(path, ranks, steps) -> dict:
+  """Part 5: the low-rank SDE against the dense one on the cached kernel at `path`."""
+  lin = ntk.Linearization(**{k: v for k, v in wd.read_npz(path).items() if k != 'config_hash'})
+  t = default.get_config().target  # the labels of the set the kernel was made on
+  src = data.load_source(t.source, t.data_dir or None, t.image_size or None,
+                         normalize=t.normalize)
+  task = data.make_task(src, t.classes, t.n_train, t.n_test, t.seed)
+  if len(task.y_train) != len(lin.fx_train_0):
+    raise ValueError(f'{path} has {len(lin.fx_train_0)} training samples, the default config\'s '
+                     f'target set {len(task.y_train)}')
+  grid = [sgd.SGD(lr=lr, batch_size=b, steps=steps) for lr in (0.003, 0.01) for b in (10, 50)]
+  common = dict(key=jax.random.key(0), method='sde', loss='cross_entropy', eval_every=20,
+                targets=times.Targets(), num_paths=16)
+
+  # XLA compilation is timed apart (jax.monitoring): every simulate_sde call compiles
+  # afresh, and at small k it would dominate what a step costs.
+  compiled = [0.0]
+
+  def on_event(event, duration, **_):
+    if event == '/jax/core/compile/backend_compile_duration':
+      compiled[0] += duration
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+
+  def run(rank):
+    """predict's Predictions, wall seconds, simulation seconds, and the latter less compilation."""
+    t0, c0 = time.perf_counter(), compiled[0]
+    preds = predict.predict(lin, task.y_train, task.y_test, grid, rank=rank, **common)
+    sim = sum(p.seconds for p in preds)
+    return preds, time.perf_counter() - t0, sim, sim - (compiled[0] - c0)
+
+  dense, dense_wall, dense_sim, dense_run = run(0)
+  lr_sum = max(float(np.sum(sgd.learning_rates(hp))) for hp in grid)
+  top = dynamics.low_rank(lin.k_train_train, max(ranks))
+  bounds = dynamics.truncation_bounds(lin.k_train_train, top, lin.fx_train_0, task.y_train,
+                                      loss='cross_entropy', lr_sum=lr_sum)
+  out = {'n': len(task.y_train), 'c': lin.fx_train_0.shape[1], 'steps': steps,
+         'dense_simulation_seconds': dense_sim, 'dense_wall_seconds': dense_wall,
+         'dense_simulation_seconds_less_compilation': dense_run,
+         'dense_t_eps': [None if p.diverged else p.times['t_eps'].value for p in dense],
+         'ranks': []}
+  for rank in ranks:
+    preds, wall, sim, sim_run = run(rank)
+    curve, loss, t_eps = [], [], []
+    for p, d in zip(preds, dense):
+      if p.diverged or d.diverged:
+        continue
+      a, b = p.curves['train_loss'].mean, d.curves['train_loss'].mean
+      curve.append(float(np.max(np.abs(np.log(a) - np.log(b)))))
+      loss.append(float(np.max(np.abs(a - b))))
+      a, b = p.times['t_eps'].value, d.times['t_eps'].value
+      t_eps.append(None if a is None or b is None else abs(a - b))
+    out['ranks'].append({
+        'rank': rank, 'basis_seconds': wall - sim, 'simulation_seconds': sim,
+        'wall_seconds': wall, 'simulation_speedup': dense_sim / sim,
+        'wall_speedup': dense_wall / wall, 'simulation_seconds_less_compilation': sim_run,
+        'speedup_less_compilation': dense_run / sim_run,
+        'max_curve_error': max(curve, default=None),
+        'max_loss_error': max(loss, default=None),
+        't_eps_abs_difference': t_eps, 'compared': len(curve),
+        't_eps': [None if p.diverged else p.times['t_eps'].value for p in preds],
+        'bound': float(bounds[rank - 1])})
+  return out
+
+
 def main(_):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
-  task, params, apply_fn = _setup(_N.value, _SOURCE.value)
   results = {'jax': jax.__version__, 'devices': [str(d) for d in jax.local_devices()]}
   parts = set(_PARTS.value)
+  if parts & {'1', '2', '3'}:
+    task, params, apply_fn = _setup(_N.value, _SOURCE.value)
   if '1' in parts:
     results['limit'] = r = limit(task, params, apply_fn)
     print(f"1. kernel {r['kernel_seconds']:.1f} s vs limit {r['limit_seconds']:.1f} s (Jacobian "
@@ -236,6 +314,21 @@ def main(_):
     results['scaling'] = scaling(_SOURCE.value, [int(n) for n in _SIZES.value], _EXACT_MAX.value,
                                  _STEPS.value, class_counts=[int(c) for c in _CLASSES.value],
                                  n_classes=_N.value)
+  if '5' in parts:
+    results['low_rank'] = r = low_rank(_KERNEL.value, [int(k) for k in _RANKS.value], _STEPS.value)
+    print(f"5. low-rank SDE, N·C = {r['n'] * r['c']}, grid of 4 × 16 paths, {r['steps']} steps: "
+          f"dense simulation {r['dense_simulation_seconds']:.1f} s "
+          f"({r['dense_simulation_seconds_less_compilation']:.1f} s without XLA compilation; "
+          f"{r['dense_wall_seconds']:.1f} s with λ_max), predicted T_eps {r['dense_t_eps']}",
+          flush=True)
+    for k in r['ranks']:
+      print(f"   k={k['rank']:5d}: simulation {k['simulation_seconds_less_compilation']:5.1f} s "
+            f"without compilation ({k['speedup_less_compilation']:5.1f}× faster), "
+            f"{k['simulation_seconds']:5.1f} s with ({k['simulation_speedup']:4.1f}×), basis and "
+            f"the rest {k['basis_seconds']:5.1f} s (wall "
+            f"{k['wall_speedup']:4.1f}×); curve error {k['max_curve_error']:.2e}, loss error "
+            f"{k['max_loss_error']:.2e} vs bound β_k {k['bound']:.2e}; |ΔT_eps| "
+            f"{k['t_eps_abs_difference']} ({k['compared']} compared)", flush=True)
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
     json.dump(results, f, indent=1)

@@ -148,6 +148,20 @@ def check(config) -> list[sgd.SGD]:
   hf = pc.horizon_fraction
   if isinstance(hf, bool) or not isinstance(hf, (int, float)) or not 0 < hf <= 1:
     raise ValueError(f'predict.horizon_fraction must be in (0, 1], got {hf!r}')
+  _positive_int(pc.rank, 'predict.rank', minimum=0)
+  _positive_float(pc.rank_tol, 'predict.rank_tol', allow_zero=True)
+  if pc.rank and pc.rank_tol:
+    raise ValueError(f'predict.rank={pc.rank} and predict.rank_tol={pc.rank_tol} are both set; '
+                     'set one (rank_tol chooses the rank)')
+  if (pc.rank or pc.rank_tol) and not set(pc.methods) & set(predict.LOW_RANK_METHODS):
+    raise ValueError(f'predict.rank={pc.rank}, predict.rank_tol={pc.rank_tol} is for the methods '
+                     f'{predict.LOW_RANK_METHODS}; predict.methods={tuple(pc.methods)} has none')
+  if pc.rank and config.target.n_train != -1:
+    rows = config.target.n_train * (1 if k.traced else len(config.target.classes))
+    if pc.rank > rows:
+      raise ValueError(f'predict.rank={pc.rank} is more than the {rows} rows of the kernel '
+                       f"({'class-traced, ' if k.traced else ''}target.n_train="
+                       f'{config.target.n_train})')
   if pc.dtype not in ('float32', 'float64'):
     raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
   targets_from_config(pc)

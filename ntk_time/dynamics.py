@@ -9,6 +9,8 @@ residuals r_i = ∂ℓ/∂f_i, held-out outputs F_test [N_test, C] moved by
   (+ λ (F - F_0 + J w0) with weight decay); exact for the linear model.
 - `simulate_sde`: the paper's SDE (§3.2), Euler–Maruyama over many paths.
 - `simulate_full_batch` and `mse_closed_form`: the deterministic limits.
+- `low_rank`, `low_rank_within`, `truncation_bounds`: Θ ≈ U_k Λ_k U_kᵀ, which
+  the three simulators above take in place of the dense kernel (§3.6).
 - `lr_limit`: the learning rate above which each of them diverges.
 
 Outputs are curves recorded every `eval_every` steps, step 0 included.
@@ -20,6 +22,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.sparse.linalg
 
 from ntk_time import devices
 from ntk_time import losses
@@ -85,6 +88,30 @@ class SimArrays(NamedTuple):
   jw0_test: jax.Array       # [N_test, C]
 
 
+class LowRank(NamedTuple):
+  """Θ ≈ U Λ Uᵀ, the leading eigenpairs of a train kernel (`low_rank`); the simulators
+  take it in place of k_train_train.
+
+  Of an [N, N, C, C] kernel: U [N, C, k], orthonormal columns as [N·C, k] (index
+  i·C + c). Of a class-traced K [N, N]: V [N, k], and Θ ≈ (V Λ Vᵀ) ⊗ I_C, rank k·C.
+  """
+  eigvals: np.ndarray  # [k] Λ, descending
+  eigvecs: np.ndarray  # [N, C, k] U, or [N, k] V
+
+
+class LowRankArrays(NamedTuple):
+  """SimArrays with Θ ≈ U Λ Uᵀ (`_low_rank_moves`); zeros for what is absent."""
+  eigvecs: jax.Array       # [N, C, k] U, or [N, k] V (class-traced)
+  eigvals: jax.Array       # [k] Λ
+  test_eigvecs: jax.Array  # [N_test, C, k] Θ[test, train] U, or [N_test, k] K[test, train] V
+  fx_train_0: jax.Array    # [N, C] F_0
+  y_train: jax.Array       # [N] int
+  jw0_train: jax.Array     # [N, C] J w0 (weight decay)
+  fx_test_0: jax.Array     # [N_test, C]
+  y_test: jax.Array        # [N_test] int
+  jw0_test: jax.Array      # [N_test, C]
+
+
 class HeadArrays(NamedTuple):
   """The arrays of the head-aware model (`simulate_head_aware`), shared by every order."""
   k_phi: jax.Array               # [N, N] feature kernel K_φ
@@ -118,34 +145,58 @@ class SDEPath(NamedTuple):
   rho: jax.Array           # [] B/(N - B): minus the correlation of two steps of an epoch
 
 
+def _column_moves(a, x, idx=None):
+  """Θ[:, S] x and Θ[test, S] x for SimArrays by columns: [N, C], [N_test, C].
+
+  x: [|S|, C] on the samples S = idx ([B] int; None: all N).
+  """
+  kb = a.k_train_train if idx is None else a.k_train_train[idx]
+  kbt = a.k_test_train if idx is None else a.k_test_train[idx]
+  if kb.ndim == 2:  # K ⊗ I_C: K[:, S] r_S, C² times less kernel read per step
+    return kb.T @ x, kbt.T @ x
+  return (jnp.einsum('bcm,bc->m', kb, x).reshape(a.fx_train_0.shape),
+          jnp.einsum('bcm,bc->m', kbt, x).reshape(a.fx_test_0.shape))
+
+
+def _low_rank_moves(a, x, idx=None):
+  """Θ_k[:, S] x and Θ[test, train] U Uᵀ[:, S] x for LowRankArrays: [N, C], [N_test, C].
+
+  x: [|S|, C] on the samples S = idx ([B] int; None: all N). The coordinates
+  Uᵀ[:, S] x are shared by both moves: O((|S| + N + N_test)·C·k) in all.
+  """
+  u = a.eigvecs if idx is None else a.eigvecs[idx]
+  if u.ndim == 2:  # (V Λ Vᵀ) ⊗ I_C: coordinates [k, C], the classes apart
+    z = u.T @ x
+    return a.eigvecs @ (a.eigvals[:, None] * z), a.test_eigvecs @ z
+  z = jnp.einsum('nck,nc->k', u, x)
+  return (jnp.einsum('nck,k->nc', a.eigvecs, a.eigvals * z),
+          jnp.einsum('nck,k->nc', a.test_eigvecs, z))
+
+
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov', 'full_batch'))
 def _sgd_one(order, shared, *, loss, eval_every, nesterov, full_batch=False):
-  """One batch order [T, B]; shared = (SimArrays by columns, SGDHyper).
+  """One batch order [T, B]; shared = (SimArrays by columns or LowRankArrays, SGDHyper).
 
   full_batch: every sample in every step (the order only counts the steps), as
   one product with the whole kernel rather than a gather of all its columns.
   """
   a, hp = shared
-  k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
-  k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
+  fx0, y, jw0 = a.fx_train_0, a.y_train, a.jw0_train
+  fxt0, yt, jw0t = a.fx_test_0, a.y_test, a.jw0_test
   lrs, momentum, weight_decay = hp.lrs, hp.momentum, hp.weight_decay
+  moves = _low_rank_moves if isinstance(a, LowRankArrays) else _column_moves
   steps, _ = order.shape
 
   def step(carry, inp):
     f, u, ft, ut = carry
     idx, lr = inp
     if full_batch:
-      kb, kbt, r = k_tt, k_st, losses.residual(loss, f, y)  # [N, C]
+      idx, r = None, losses.residual(loss, f, y)  # [N, C]
     else:
-      kb, kbt, r = k_tt[idx], k_st[idx], losses.residual(loss, f[idx], y[idx])  # [B, C]
-    if k_tt.ndim == 2:  # K ⊗ I_C: K[:, S] r_S, C² times less kernel read per step
-      g = kb.T @ r / r.shape[0]
-      gt = kbt.T @ r / r.shape[0]
-    else:
-      g = (jnp.einsum('bcm,bc->m', kb, r) / r.shape[0]).reshape(f.shape)
-      gt = (jnp.einsum('bcm,bc->m', kbt, r) / r.shape[0]).reshape(ft.shape)
-    g = g + weight_decay * (f - fx0 + jw0)
-    gt = gt + weight_decay * (ft - fxt0 + jw0t)
+      r = losses.residual(loss, f[idx], y[idx])  # [B, C]
+    g, gt = moves(a, r, idx)
+    g = g / r.shape[0] + weight_decay * (f - fx0 + jw0)
+    gt = gt / r.shape[0] + weight_decay * (ft - fxt0 + jw0t)
     u, ut = momentum * u + g, momentum * ut + gt
     d, d_test = (g + momentum * u, gt + momentum * ut) if nesterov else (u, ut)
     return (f - lr * d, u, ft - lr * d_test, ut), None
@@ -165,35 +216,63 @@ def _sgd_one(order, shared, *, loss, eval_every, nesterov, full_batch=False):
 
 def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
              jw0_test, columns):
-  """The simulators' arrays, zeros for what is absent; kernels by columns or flat.
+  """The simulators' arrays, zeros for what is absent; kernels by columns, flat or low-rank.
 
   columns=True: `_columns` layout [N, C, N'·C] (class-traced: Kᵀ [N, N']), for
   minibatch row gathers.
   columns=False: flat [N'·C, N·C] (index i·C + c), for full matrix-vector products;
   class-traced kernels K [N', N] stay as they are.
+  A LowRank k_train_train gives LowRankArrays, for either.
   """
-  traced = np.ndim(k_train_train) == 2  # class-traced: Θ = K ⊗ I_C, kept as K
-  layout = _columns if columns else _flat
-  if not columns and traced:
-    layout = np.asarray
   fx0 = jnp.asarray(fx_train_0)
   n, c = fx0.shape
   dtype = fx0.dtype
   jw0 = jnp.zeros_like(fx0) if jw0_train is None else jnp.asarray(jw0_train, dtype)
   if k_test_train is None:
+    fxt0 = jnp.zeros((0, c), dtype)
+    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
+  else:
+    fxt0, yt = jnp.asarray(fx_test_0, dtype), jnp.asarray(y_test)
+    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
+  common = dict(fx_train_0=fx0, y_train=jnp.asarray(y_train), jw0_train=jw0, fx_test_0=fxt0,
+                y_test=yt, jw0_test=jw0t)
+  if isinstance(k_train_train, LowRank):
+    return LowRankArrays(**_low_rank_kernels(k_train_train, k_test_train, n, c, dtype), **common)
+  traced = np.ndim(k_train_train) == 2  # class-traced: Θ = K ⊗ I_C, kept as K
+  layout = _columns if columns else _flat
+  if not columns and traced:
+    layout = np.asarray
+  if k_test_train is None:
     if columns:
       k_st = jnp.zeros((n, 0) if traced else (n, c, 0), dtype)
     else:
       k_st = jnp.zeros((0, n if traced else n * c), dtype)
-    fxt0 = jnp.zeros((0, c), dtype)
-    yt, jw0t = jnp.zeros((0,), jnp.int32), jnp.zeros((0, c), dtype)
   else:
     k_st = jnp.asarray(layout(k_test_train), dtype)
-    fxt0, yt = jnp.asarray(fx_test_0, dtype), jnp.asarray(y_test)
-    jw0t = jnp.zeros_like(fxt0) if jw0_test is None else jnp.asarray(jw0_test, dtype)
-  k_tt = jnp.asarray(layout(k_train_train), dtype)
-  return SimArrays(k_train_train=k_tt, fx_train_0=fx0, y_train=jnp.asarray(y_train), jw0_train=jw0,
-                   k_test_train=k_st, fx_test_0=fxt0, y_test=yt, jw0_test=jw0t)
+  return SimArrays(k_train_train=jnp.asarray(layout(k_train_train), dtype), k_test_train=k_st,
+                   **common)
+
+
+def _low_rank_kernels(basis, k_test_train, n, c, dtype):
+  """LowRankArrays' kernel fields: U, Λ and Θ[test, train] U (one product, O(N_test·C·N·C·k))."""
+  v = np.asarray(basis.eigvecs)
+  rank = v.shape[-1]
+  traced = v.ndim == 2
+  expected = (n, rank) if traced else (n, c, rank)
+  if v.shape != expected or np.shape(basis.eigvals) != (rank,):
+    raise ValueError(f'LowRank eigvecs {v.shape} and eigvals {np.shape(basis.eigvals)} do not '
+                     f'fit outputs [N, C] = {(n, c)}: expected eigvecs {expected}')
+  u = jnp.asarray(v, dtype)
+  if k_test_train is None:
+    tu = jnp.zeros((0,) + v.shape[1:], dtype)
+  elif np.ndim(k_test_train) != (2 if traced else 4):
+    raise ValueError(f'k_test_train of shape {np.shape(k_test_train)} with a basis of '
+                     f"{'a class-traced' if traced else 'an [N, N, C, C]'} kernel")
+  elif traced:
+    tu = jnp.asarray(k_test_train, dtype) @ u
+  else:
+    tu = (jnp.asarray(_flat(k_test_train), dtype) @ u.reshape(n * c, rank)).reshape(-1, c, rank)
+  return dict(eigvecs=u, eigvals=jnp.asarray(basis.eigvals, dtype), test_eigvecs=tu)
 
 
 SDE_SAMPLINGS = ('iid', 'epoch')  # the minibatch models of simulate_sde's noise
@@ -216,6 +295,8 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
     k_train_train: [N, N, C, C]; fx_train_0: [N, C]; y_train: [N] int labels.
       Or a class-traced K [N, N] (and k_test_train [N_test, N]) for Θ = K ⊗ I_C,
       simulated without expanding it (C² times less kernel read per step).
+      Or a LowRank of either (`low_rank`, with the matching k_test_train):
+      Θ ≈ U Λ Uᵀ, O((B + N + N_test)·C·k) a step.
     loss: 'cross_entropy' or 'mse'.
     eval_every: record curves every this many steps (divides T).
     momentum, nesterov, weight_decay: as optax.sgd / add_decayed_weights.
@@ -270,14 +351,24 @@ def _epoch_noise(key, step, s_sum, epoch_len, rho, dtype, n):
   return x, s_sum + x
 
 
+def _flat_moves(a, x):
+  """Θ x and Θ[test, train] x for SimArrays with flat (or class-traced) kernels, x [N, C]:
+  [N, C], [N_test, C]."""
+  k_tt, k_st = a.k_train_train, a.k_test_train
+  if k_tt.shape[1] == x.shape[0]:  # K ⊗ I_C: K (r ⊙ w), C times cheaper than the full product
+    return k_tt @ x, k_st @ x
+  return (k_tt @ x.reshape(-1)).reshape(x.shape), (k_st @ x.reshape(-1)).reshape(a.fx_test_0.shape)
+
+
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'dt', 'sampling'))
 def _sde_one(path, arrays, *, loss, eval_every, dt, sampling):
-  """One path (SDEPath) on the shared SimArrays (flat or class-traced kernels)."""
+  """One path (SDEPath) on the shared SimArrays (flat or class-traced kernels) or LowRankArrays."""
   key, lr_sum, lr_sq = path.key, path.lr_sum, path.lr_sq
   noise, weight_decay = path.noise, path.weight_decay
   a = arrays
-  k_tt, fx0, y, jw0 = a.k_train_train, a.fx_train_0, a.y_train, a.jw0_train
-  k_st, fxt0, yt, jw0t = a.k_test_train, a.fx_test_0, a.y_test, a.jw0_test
+  fx0, y, jw0 = a.fx_train_0, a.y_train, a.jw0_train
+  fxt0, yt, jw0t = a.fx_test_0, a.y_test, a.jw0_test
+  moves = _low_rank_moves if isinstance(a, LowRankArrays) else _flat_moves
   n = fx0.shape[0]
   n_steps = lr_sum.shape[0]
 
@@ -298,12 +389,7 @@ def _sde_one(path, arrays, *, loss, eval_every, dt, sampling):
       s_sum, xs = jax.lax.scan(sub, s_sum, jnp.arange(dt))
       xi = a_each @ xs
       w = -a_sum / n + noise * (xi - jnp.mean(xi))
-    rw = r * w[:, None]
-    if k_tt.shape[1] == n:  # K ⊗ I_C: K (r ⊙ w), C times cheaper than the full product
-      move, move_t = k_tt @ rw, k_st @ rw
-    else:
-      move = (k_tt @ rw.reshape(-1)).reshape(f.shape)
-      move_t = (k_st @ rw.reshape(-1)).reshape(ft.shape)
+    move, move_t = moves(a, r * w[:, None])
     f = f + move - a_sum * weight_decay * (f - fx0 + jw0)
     ft = ft + move_t - a_sum * weight_decay * (ft - fxt0 + jw0t)
     return (f, ft, s_sum), None
@@ -351,7 +437,8 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
     lrs: [T] or [S, T] learning rates η_k (momentum enters as η_k / (1 - m)).
     k_train_train, fx_train_0, y_train, jw0_train, test arrays: as simulate_sgd;
       or the class-traced k_train_train [N, N] and k_test_train [N_test, N] for
-      Θ = K ⊗ I_C, simulated without expanding it (C times cheaper per step).
+      Θ = K ⊗ I_C, simulated without expanding it (C times cheaper per step);
+      or a LowRank of either (`low_rank`): Θ ≈ U Λ Uᵀ, O((N + N_test)·C·k) a step.
     batch_size: B (or [S]), for the noise scale.
     loss, eval_every: as simulate_sgd; dt must divide eval_every.
     dt: SGD steps per Euler–Maruyama step.
@@ -446,6 +533,146 @@ def mse_closed_form(k_train_train, fx_train_0, y_train, lr, steps, *, discrete=F
   else:
     decay = np.exp(-2.0 * lr * lam[None, :] * t / n)
   return (decay * energy[None, :]).sum(1) / (2 * n)
+
+
+def _symmetric64(k_train_train):
+  """The kernel as a symmetric float64 matrix [N·C, N·C] (a class-traced K [N, N] as is)."""
+  flat = np.asarray(k_train_train, np.float64)
+  flat = _flat(flat) if flat.ndim == 4 else flat
+  return 0.5 * (flat + flat.T)
+
+
+def low_rank(k_train_train, rank):
+  """The leading `rank` eigenpairs of a train kernel: Θ ≈ U_k Λ_k U_kᵀ (DESIGN §3.6).
+
+  Passed as k_train_train to `simulate_sgd`, `simulate_full_batch` or
+  `simulate_sde`, it replaces every product with Θ by U Λ Uᵀ: the train outputs
+  move only in span(U) (F - F_0 stays in it but for weight decay's λ J w0,
+  which is applied in full, O(N·C) a step), and a step costs O((N + N_test)·C·k)
+  instead of O((N + N_test)·C·N·C) for the SDE (drift U Λ Uᵀ r(F), noise
+  U Λ Uᵀ R P ξ in the same product) and O((B + N + N_test)·C·k) instead of
+  O((N + N_test)·C·B·C) for the minibatch simulator. The modes dropped are
+  frozen: along them F keeps its initial value. `truncation_bounds` bounds the
+  effect on the training loss, and `low_rank_within` picks the smallest rank
+  for a tolerance.
+
+  This is SGD on the linear model with its weight moves restricted to the span
+  of J's top k right singular vectors W_k (J W_k W_kᵀ Jᵀ = U_k Λ_k U_kᵀ), so the
+  held-out outputs move by that model's test kernel, J_test W_k W_kᵀ Jᵀ =
+  Θ[test, train] U_k U_kᵀ: the coordinates Uᵀ x of each step's move, times
+  Θ[test, train] U_k [N_test·C, k] formed once. That costs O(N_test·C·k) a step
+  and keeps train and test consistent (a test point equal to a training point
+  gets its output); applying the full Θ[test, train] would let the test outputs
+  move along modes the train outputs cannot. At rank = N·C (N for K) both are
+  the dense kernels, and the simulators agree with the dense ones to rounding.
+
+  Lanczos (scipy's eigsh, a fixed start vector as in ntk.check_kernel, so that
+  the basis does not change from run to run) for rank <= N·C/16; above that a
+  full eigendecomposition: on the demo kernel (N·C = 2,500) Lanczos took 2.3 s
+  for k = 25, 9 s for 100 and 31 s for 200, as long as a full eigh (30 s).
+
+  Args:
+    k_train_train: [N, N, C, C], or a class-traced K [N, N] (then rank counts
+      eigenpairs of K, each C of Θ).
+    rank: k, 1..N·C (1..N for K).
+
+  Returns:
+    LowRank (float64).
+  """
+  flat = _symmetric64(k_train_train)
+  rows = len(flat)
+  if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 1 <= rank <= rows:
+    raise ValueError(f'rank must be an integer in 1..{rows} (the rows of the kernel), got '
+                     f'rank={rank!r}')
+  if rank <= rows // 16:
+    v0 = np.random.default_rng(0).normal(size=rows)
+    lam, u = scipy.sparse.linalg.eigsh(flat, k=rank, which='LA', v0=v0)
+  else:
+    lam, u = np.linalg.eigh(flat)
+    lam, u = lam[-rank:], u[:, -rank:]
+  order = np.argsort(lam)[::-1]
+  shape = np.shape(k_train_train)
+  per_sample = shape[:1] if len(shape) == 2 else shape[:1] + shape[3:]
+  return LowRank(eigvals=lam[order], eigvecs=u[:, order].reshape(per_sample + (rank,)))
+
+
+def truncation_bounds(k_train_train, basis, fx_train_0, y_train, *, loss, lr_sum):
+  """The bound β_j on the training-loss error of keeping only the leading j modes, j = 1..k.
+
+    β_j = (S / N²) r_0ᵀ (Θ - Θ_j) r_0 = (S / N²) (r_0ᵀ Θ r_0 - Σ_{i<=j} λ_i (u_iᵀ r_0)²),
+
+  r_0 = r(F_0) the initial residual, Θ_j the rank-j truncation, S = Σ_t η_t/(1-m)
+  the effective learning rate summed over the horizon (the largest of a grid).
+  In loss units, like predict.eps.
+
+  MSE, full batch: a proven bound. The modes decouple (DESIGN §3.2), and the
+  truncated map is the dense one with the modes i > j frozen at their start,
+  so L̂_t - L_t = (1/2N) Σ_{i>j} (1 - d_i(t)) (u_iᵀ r_0)² with d_i(t) =
+  exp(-2 λ_i Σ η̃/N) for the ODE or Π_s (1 - η̃_s λ_i/N)² for the discrete map;
+  1 - e^{-x} <= x and 1 - Π_s (1 - a_s)² <= Σ_s 2 a_s (for every a_s in [0, 2],
+  i.e. below the stability limit) give 0 <= L̂_t - L_t <= β_j for every t of
+  the horizon.
+
+  Cross-entropy: r is not linear in F, so the modes do not decouple (the frozen
+  ones change the residuals the others see) and β_j is the first-order
+  estimate of the same loss: the share of the initial descent rate
+  -dL/dt = (η̃/N²) rᵀ Θ r that the dropped modes carry, (η̃/N²) r_0ᵀ (Θ - Θ_j) r_0,
+  kept for the whole horizon. The residual shrinks as the loss converges, so it
+  tends to overestimate; it is not a bound, and what it is worth is measured:
+  against the dense simulators in tests/test_lowrank.py and on the demo kernel
+  (experiments/bench.py, part 5). With minibatch noise (B < N) the truncation
+  also drops the noise along the discarded modes, which β_j does not count.
+
+  Args:
+    k_train_train: the kernel `basis` came from ([N, N, C, C] or K [N, N]).
+    basis: LowRank with k modes (`low_rank`).
+    fx_train_0: [N, C]; y_train: [N] int.
+    loss: 'cross_entropy' or 'mse'.
+    lr_sum: S, in SGD steps times learning rate.
+
+  Returns:
+    [k] β_j for j = 1..k, non-increasing (float64).
+  """
+  r0 = np.asarray(losses.residual(loss, jnp.asarray(fx_train_0), jnp.asarray(y_train)), np.float64)
+  flat = _symmetric64(k_train_train)
+  lam, v = np.asarray(basis.eigvals, np.float64), np.asarray(basis.eigvecs, np.float64)
+  if v.ndim == 2:  # (V Λ Vᵀ) ⊗ I_C: every class column through K
+    total = float(np.sum(r0 * (flat @ r0)))
+    kept = lam * np.sum((v.T @ r0) ** 2, axis=1)
+  else:
+    total = float(r0.reshape(-1) @ flat @ r0.reshape(-1))
+    kept = lam * np.einsum('nck,nc->k', v, r0) ** 2
+  n = len(r0)
+  return lr_sum / n**2 * np.maximum(total - np.cumsum(kept), 0.0)
+
+
+def low_rank_within(k_train_train, tol, *, fx_train_0, y_train, loss, lr_sum):
+  """The smallest basis whose `truncation_bounds` is at most `tol` (in loss units).
+
+  Tries ranks 16, 32, 64, ... by Lanczos (each a fresh `low_rank`: about twice
+  the cost of the last one), then the whole kernel's eigendecomposition, which
+  costs as much as any rank past Lanczos' range and meets any tolerance.
+
+  Args:
+    k_train_train, fx_train_0, y_train, loss, lr_sum: as truncation_bounds.
+    tol: > 0.
+
+  Returns:
+    LowRank.
+  """
+  if not tol > 0:
+    raise ValueError(f'tol must be > 0, got tol={tol!r}')
+  shape = np.shape(k_train_train)
+  rows = shape[0] * (shape[2] if len(shape) == 4 else 1)
+  rank = min(16, rows)
+  while True:
+    basis = low_rank(k_train_train, rank)
+    ok = np.flatnonzero(truncation_bounds(k_train_train, basis, fx_train_0, y_train, loss=loss,
+                                          lr_sum=lr_sum) <= tol)
+    if ok.size or rank == rows:
+      j = ok[0] + 1 if ok.size else rank
+      return LowRank(eigvals=basis.eigvals[:j], eigvecs=basis.eigvecs[..., :j])
+    rank = 2 * rank if 2 * rank <= rows // 16 else rows
 
 
 @functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))

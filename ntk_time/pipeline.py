@@ -78,8 +78,11 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
     ft, pc = config.finetune, config.predict
     dtype = np.float64 if pc.dtype == 'float64' else np.float32
     common = dict(loss=ft.loss, eval_every=ft.eval_every, targets=targets, dtype=dtype)
-    per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt, sampling=ft.sampling),
-                  'replay': dict(orders=orders), 'head_aware': dict(orders=orders)}
+    low_rank = dict(rank=pc.rank, rank_tol=pc.rank_tol)
+    per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt, sampling=ft.sampling,
+                              **low_rank),
+                  'replay': dict(orders=orders, **low_rank), 'full_batch': low_rank,
+                  'head_aware': dict(orders=orders)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
           lin, task.y_train, task.y_test, configs, method=m, **per_method.get(m, {}), **common)]

@@ -26,6 +26,7 @@ from ntk_time import times as times_lib
 # (the deterministic B = N limit of 'replay') and 'nt_gradient_descent' (neural-tangents'
 # own gradient flow, needs neural-tangents) are also the reference baselines.
 METHODS = ('sde', 'replay', 'head_aware', 'full_batch', 'nt_gradient_descent')
+LOW_RANK_METHODS = ('sde', 'replay', 'full_batch')  # those that take dynamics.low_rank's basis
 CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -119,8 +120,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             configs: list[sgd.SGD], *, key: jax.Array | None = None, method: str = 'sde',
             loss: str, eval_every: int, targets: times_lib.Targets, num_paths: int = 32,
             dt: int = 1, orders: list[np.ndarray] | None = None, dtype=np.float32,
-            population: int | None = None, sampling: str = 'epoch'
-            ) -> list[summary_lib.Prediction]:
+            population: int | None = None, sampling: str = 'epoch', rank: int = 0,
+            rank_tol: float = 0.0) -> list[summary_lib.Prediction]:
   """Predicts every configuration of a grid from one linearisation.
 
   Args:
@@ -145,6 +146,12 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     sampling: how the minibatches are drawn (sgd.batch_order): 'epoch' or 'iid'.
       The SDE's noise models it (dynamics.simulate_sde); orders drawn here for
       'replay' / 'head_aware' use it.
+    rank: > 0: the methods of LOW_RANK_METHODS simulate with the leading `rank`
+      eigenpairs of the kernel, Θ ≈ U Λ Uᵀ (dynamics.low_rank: O(N·C·k) a step
+      instead of (N·C)²; of K for a class-traced kernel); 0: the dense kernel.
+    rank_tol: > 0 (with rank 0): the smallest rank whose bound on the
+      training-loss error over the grid's longest horizon (dynamics.low_rank_within,
+      in loss units) is at most rank_tol.
 
   Returns:
     One summary.Prediction per configuration: mean and quantile curves over
@@ -157,16 +164,34 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
   if not (isinstance(num_paths, (int, np.integer)) and num_paths >= 1):
     raise ValueError(f'num_paths must be a positive integer, got {num_paths!r}')
   losses.check(loss)
+  if (rank or rank_tol) and method not in LOW_RANK_METHODS:
+    raise ValueError(f'rank={rank}, rank_tol={rank_tol} is for the methods {LOW_RANK_METHODS}, '
+                     f'not {method!r}')
+  if rank and rank_tol:
+    raise ValueError(f'rank={rank} and rank_tol={rank_tol}: give one (rank_tol chooses the rank)')
   if np.dtype(dtype) == np.float64 and not jax.config.jax_enable_x64:
     raise ValueError('dtype=float64 needs 64-bit JAX: run inside ntk_time.compat.enable_x64() '
                      'or set jax_enable_x64')
   n = len(y_train)
-  # The SDE and neural-tangents take a class-traced kernel as K; the minibatch
-  # simulators need K ⊗ I_C.
-  k_tt, k_st = (lin.full_kernels() if method in ('replay', 'full_batch')
-                else (lin.k_train_train, lin.k_test_train))
-  max_eig = largest_eigenvalue(k_tt)
-  arrays = dict(k_train_train=k_tt.astype(dtype), fx_train_0=lin.fx_train_0.astype(dtype),
+  if rank or rank_tol:
+    # A class-traced K keeps its own basis [N, k], which every simulator takes.
+    if rank:
+      basis = dynamics.low_rank(lin.k_train_train, rank)
+    else:
+      lr_sum = max(float(np.sum(sgd.learning_rates(hp))) / (1.0 - hp.momentum) for hp in configs)
+      basis = dynamics.low_rank_within(lin.k_train_train, rank_tol, fx_train_0=lin.fx_train_0,
+                                       y_train=y_train, loss=loss, lr_sum=lr_sum)
+    rank = len(basis.eigvals)
+    max_eig = float(basis.eigvals[0])
+    k_tt, k_st = dynamics.LowRank(*(a.astype(dtype) for a in basis)), lin.k_test_train
+  else:
+    # The SDE and neural-tangents take a class-traced kernel as K; the minibatch
+    # simulators need K ⊗ I_C.
+    k_tt, k_st = (lin.full_kernels() if method in ('replay', 'full_batch')
+                  else (lin.k_train_train, lin.k_test_train))
+    max_eig = largest_eigenvalue(k_tt)
+    k_tt = k_tt.astype(dtype)
+  arrays = dict(k_train_train=k_tt, fx_train_0=lin.fx_train_0.astype(dtype),
                 y_train=y_train, jw0_train=lin.jw0_train.astype(dtype),
                 k_test_train=k_st.astype(dtype), fx_test_0=lin.fx_test_0.astype(dtype),
                 y_test=y_test, jw0_test=lin.jw0_test.astype(dtype))
@@ -226,7 +251,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     limit = dynamics.lr_limit(method, max_eig, n, loss, momentum=hp.momentum,
                               nesterov=hp.nesterov, weight_decay=hp.weight_decay, dt=dt)
     pred = summary_lib.Prediction(method=method, hparams=hp.to_dict(), steps=steps,
-                                  lr_limit=limit, seconds=seconds, diverged=_diverged(curves))
+                                  lr_limit=limit, seconds=seconds, diverged=_diverged(curves),
+                                  rank=rank)
     if not pred.diverged:
       pred.curves, pred.times = _summarise(curves, steps, targets)
     results.append(pred)

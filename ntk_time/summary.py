@@ -103,7 +103,8 @@ class Prediction(_Json):
 
   steps: [E] evaluated steps; curves: per curve name ('train_loss', 'train_acc',
   'test_loss', 'test_acc') its Band over paths; times: per definition. A
-  diverging prediction has curves and times None.
+  diverging prediction has curves and times None. rank: the eigenpairs of the
+  kernel simulated (dynamics.low_rank), 0 for the dense kernel.
   """
   method: str
   hparams: dict
@@ -113,6 +114,7 @@ class Prediction(_Json):
   diverged: bool
   curves: dict[str, Band] | None = None
   times: dict[str, Time] | None = None
+  rank: int = 0
 
 
 @dataclasses.dataclass

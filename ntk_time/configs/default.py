@@ -80,5 +80,12 @@ def get_config() -> mlc.ConfigDict:
       levels=(2.0, 4.0, 8.0),
       # The trivial baseline "a constant fraction of the horizon".
       horizon_fraction=0.5,
-      dtype='float32'))
+      dtype='float32',
+      # sde, replay and full_batch on Θ ≈ U_k Λ_k U_kᵀ (dynamics.low_rank): a step costs
+      # O(N·C·k) instead of (N·C)², for kernels too large to simulate densely. rank > 0
+      # fixes k; rank_tol > 0 takes the smallest k whose bound on the training-loss error
+      # (dynamics.truncation_bounds, loss units like eps) is below it, since a fixed k
+      # means nothing across kernels. Both 0: the dense kernel, exact, and cheap at the
+      # demo's N·C = 2,500.
+      rank=0, rank_tol=0.0))
   return c
