@@ -45,8 +45,9 @@ def get_config() -> mlc.ConfigDict:
       loss='cross_entropy', steps=1200, eval_every=20,
       # The grid is the product of these lists: η/(1−m) = 0.001, 0.01, 0.02, 0.2 (200×),
       # each at two batch sizes; at m = 0, lr stays below the linearised stability
-      # bound (0.045 for this kernel and loss; the SDE's η/(1−m) at m = 0.9 is not,
-      # above lr 0.0045: the paper's SDE predicts divergence there).
+      # bound (0.045 for this kernel and loss). The SDE's η/(1−m) at lr = 0.02, m = 0.9
+      # is above its bound (0.0045): its paths spike, then converge as cross-entropy's
+      # curvature falls with the loss.
       lr=(0.001, 0.02), batch_size=(10, 50), momentum=(0.0, 0.9), weight_decay=(0.0,),
       nesterov=False, schedule='constant',
       # Minibatches: 'epoch' (reshuffled once per epoch, as real training does) or 'iid'
