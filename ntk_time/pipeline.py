@@ -224,7 +224,7 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
   wd.claim(workdir, config.to_dict(), overwrite)
   keys = sgd.run_keys(config.seed)
 
-  # Pretrained model with a fresh head on the target task.
+  # Pretrained model with its new head (finetune.head_init) on the target task.
   task, model, variables, pre_report, ckpt_path, head_report = finetune.target_from_config(
       config, workdir, keys['head'], progress)
   params = variables['params']
