@@ -180,8 +180,9 @@ def error_vs_drift(summary: Summary, path: str) -> str:
   the curve error max_t |log L̂_t − log L_t| and the loss-level times' relative
   errors, every method (the headline filled); infinite or missing errors and
   runs without a drift are left out (log axes)."""
-  fig, (ax_c, ax_l) = plt.subplots(1, 2, figsize=(8.4, 3.6))
+  fig, (ax_c, ax_l) = plt.subplots(1, 2, figsize=(8.4, 3.6), sharex=True)
   levels = [d for d in summary.definitions if d.startswith('t_loss_')]
+  drawn = {ax_c: [], ax_l: []}
   for j, m in enumerate(summary.methods):
     style = dict(marker=MARKERS.get(m, 'o'), edgecolors=COLORS.get(m), s=30,
                  facecolors=COLORS.get(m) if j == 0 else 'none')
@@ -191,12 +192,24 @@ def error_vs_drift(summary: Summary, path: str) -> str:
              if x is not None and y is not None and np.isfinite(y) and x > 0 and y > 0]
       if pts:
         ax.scatter(*zip(*pts), label=m, **style)
+        drawn[ax] += pts
   ax_c.set_ylabel('curve error max |log L̂ − log L|')
   ax_l.set_ylabel('loss-level time error |T̂ − T|/T\n(' + ', '.join(levels) + ')')
   ax_l.axhline(0.2, color='gray', lw=0.8, ls='--')
+  def decade(vals, set_lim):
+    # At least a decade, so that a major tick is labelled (minor labels collide).
+    if vals:
+      mid = np.sqrt(min(vals) * max(vals))
+      half = max(1.3 * np.sqrt(max(vals) / min(vals)), np.sqrt(10))
+      set_lim(mid / half, mid * half)
+
   for ax in (ax_c, ax_l):
     ax.set_xscale('log')
     ax.set_yscale('log')
+    decade([x for pts in drawn.values() for x, _ in pts], ax.set_xlim)
+    decade([y for _, y in drawn[ax]], ax.set_ylim)
+    for axis in (ax.xaxis, ax.yaxis):
+      axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel('kernel drift ‖Θ(w_T) − Θ(w0)‖/‖Θ(w0)‖')
     if ax.get_legend_handles_labels()[0]:
       ax.legend(fontsize=7)
