@@ -27,7 +27,7 @@ def main(_):
   summary = pipeline.run(_CONFIG.value, _WORKDIR.value, overwrite=_OVERWRITE.value)
   print(pipeline.format_table(summary))
   print('\nwrote', os.path.join(_WORKDIR.value, 'summary.json'), 'and summary.csv')
-  for f in ('loss_curves.png', 'training_times.png', 'costs.png'):
+  for f in ('loss_curves.png', 'training_times.png', 'costs.png', 'error_vs_drift.png'):
     print('figure:', os.path.join(_WORKDIR.value, f))
 
 

@@ -29,8 +29,8 @@ def run(config, workdir: str, index: int = 0, seed: int = 0, progress: bool = Tr
     raise ValueError(f'--index={index} is outside the grid of {len(grid)} configurations')
   hp = grid[index]
   keys = sgd.run_keys(config.seed)  # the keys compare.py uses, so the runs are the same
-  task, model, variables, _, _ = finetune.target_from_config(config, workdir, keys['head'],
-                                                             progress)
+  task, model, variables, _, _, _ = finetune.target_from_config(config, workdir, keys['head'],
+                                                                progress)
   order = sgd.batch_order(jax.random.fold_in(keys['order'], seed), len(task.x_train),
                           hp.batch_size, hp.steps, ft.sampling)
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])

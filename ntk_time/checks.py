@@ -8,6 +8,7 @@ import math
 import os
 
 from ntk_time import data
+from ntk_time import finetune
 from ntk_time import losses
 from ntk_time import models
 from ntk_time import ntk
@@ -111,6 +112,10 @@ def check(config) -> list[sgd.SGD]:
                      f'finetune.eval_every={ft.eval_every}')
   if ft.sampling not in sgd.SAMPLINGS:
     raise ValueError(f'unknown finetune.sampling={ft.sampling!r}; expected one of {sgd.SAMPLINGS}')
+  if ft.head_init not in finetune.HEAD_INITS:
+    raise ValueError(f'unknown finetune.head_init={ft.head_init!r}; expected one of '
+                     f'{finetune.HEAD_INITS}')
+  _positive_float(ft.probe_l2, 'finetune.probe_l2')
   grid = sgd.grid(ft)  # each point checks its own lr, momentum, batch size, schedule
   if config.target.n_train != -1:
     for hp in grid:
@@ -138,6 +143,10 @@ def check(config) -> list[sgd.SGD]:
   if not pc.methods or unknown or len(set(pc.methods)) != len(pc.methods):
     raise ValueError(f'predict.methods must be distinct names from {predict.METHODS}, got '
                      f'{tuple(pc.methods)}')
+  if 'head_aware' in pc.methods and ft.head_init == 'zero':
+    # Its feature kernel is estimated through the head: tr(Wᵀ G W) / tr(WᵀW), ntk.feature_kernel.
+    raise ValueError("predict.methods has 'head_aware', which estimates the feature kernel "
+                     "through the head: it needs a non-zero one, got finetune.head_init='zero'")
   if 'nt_gradient_descent' in pc.methods and not ntk.nt_available():
     raise ValueError("predict.methods has 'nt_gradient_descent', which needs neural-tangents "
                      '(not importable here)')

@@ -25,12 +25,14 @@ from ntk_time import data
 from ntk_time import losses
 from ntk_time import models
 from ntk_time import pretrain
+from ntk_time import probe
 from ntk_time import sgd
 from ntk_time import workdir as wd
 
 PyTree = Any
 
 EVAL_CHUNK = 500
+HEAD_INITS = ('random', 'zero', 'linear_probe')  # finetune.head_init
 
 
 @dataclasses.dataclass
@@ -257,15 +259,59 @@ def step_flops(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, loss: s
   return float(cost['flops'])
 
 
+def init_head(variables: PyTree, features_fn: Callable, task, head_init: str, *, loss: str,
+              probe_l2: float) -> tuple[PyTree, dict]:
+  """The fine-tuning start point's head, by `head_init` (one of HEAD_INITS).
+
+  'random' keeps the fresh head of models.replace_head; 'zero' zeroes kernel and
+  bias (the backbone then has no gradient at w0: the first steps train the head
+  alone); 'linear_probe' fits kernel and bias on the frozen features of the
+  target training set (probe.fit), the LP of LP-FT. The prediction and the real
+  runs both start from the result.
+
+  Args:
+    variables: {'params', 'batch_stats'} with a Dense `head` (kernel [D, C], bias [C]).
+    features_fn: features_fn(params, x) -> [n, D], BatchNorm frozen.
+    task: data.Task; its x_train [N, ...], y_train [N] feed the probe.
+    head_init: 'random', 'zero' or 'linear_probe'.
+    loss: the fine-tuning loss, which the probe minimises.
+    probe_l2: the probe's L2 strength on the kernel.
+
+  Returns:
+    (variables with the new head, report {'head_init', 'seconds', ...}; the
+    probe's report (probe.fit) and probe_l2 for 'linear_probe').
+  """
+  if head_init not in HEAD_INITS:
+    raise ValueError(f'unknown head_init={head_init!r}; expected one of {HEAD_INITS}')
+  head = variables['params']['head']
+  report = {'head_init': head_init, 'seconds': 0.0}
+  if head_init == 'zero':
+    head = jax.tree.map(jnp.zeros_like, head)
+  elif head_init == 'linear_probe':
+    start = time.perf_counter()
+    phi = np.concatenate([np.asarray(jax.jit(features_fn)(variables['params'],
+                                                           task.x_train[i:i + EVAL_CHUNK]))
+                          for i in range(0, len(task.x_train), EVAL_CHUNK)])
+    kernel, bias, fit = probe.fit(phi, task.y_train, task.num_classes, loss=loss, l2=probe_l2)
+    dtype = head['kernel'].dtype
+    head = {'kernel': jnp.asarray(kernel, dtype), 'bias': jnp.asarray(bias, dtype)}
+    # The probe's cost includes the features' forward pass, not only the solve.
+    report.update(fit, probe_l2=probe_l2, seconds=time.perf_counter() - start)
+  params = dict(variables['params'], head=head)
+  return dict(variables, params=params), report
+
+
 def target_from_config(config, workdir: str, key_head: jax.Array, progress: bool = True):
-  """The fine-tuning starting point of a config: pretrained backbone + fresh head.
+  """The fine-tuning starting point of a config: pretrained backbone + a new head.
 
   Loads and checks the target task first (so that a bad task fails before any
   pretraining), then pretrains into `workdir/pretrain` unless the checkpoint
-  exists there or `config.pretrain.checkpoint` names one.
+  exists there or `config.pretrain.checkpoint` names one, then initialises the
+  head by `config.finetune.head_init` (`init_head`).
 
   Returns:
-    (task, model, variables {'params', 'batch_stats'}, pretrain report, checkpoint path).
+    (task, model, variables {'params', 'batch_stats'}, pretrain report, checkpoint
+    path, head report of `init_head`).
   """
   task = data.task_from_config(config.target)
   for hp in sgd.grid(config.finetune):
@@ -276,4 +322,8 @@ def target_from_config(config, workdir: str, key_head: jax.Array, progress: bool
   pretrained, _ = checkpoint.load(ckpt_path, source_model, image_shape)
   model = models.model_from_config(config.model, task.num_classes)
   variables = models.replace_head(model, pretrained, key_head, image_shape)
-  return task, model, variables, report, ckpt_path
+  ft = config.finetune
+  variables, head_report = init_head(
+      variables, models.make_features_fn(model, variables['batch_stats']), task, ft.head_init,
+      loss=ft.loss, probe_l2=ft.probe_l2)
+  return task, model, variables, report, ckpt_path, head_report

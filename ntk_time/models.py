@@ -182,7 +182,8 @@ def replace_head(model: ResNet, pretrained: PyTree, key: jax.Array,
 
   The head is Flax's default Dense initialisation (LeCun-normal kernel, zero
   bias) from `key`, never zeros: a zero head makes the backbone Jacobian
-  vanish and turns the prediction into a linear probe (DESIGN §3).
+  vanish and turns the prediction into a linear probe (DESIGN §3); a zero or
+  linear-probe head is an explicit option (finetune.init_head).
 
   Args:
     model: the target model (its num_classes is the new head's width).

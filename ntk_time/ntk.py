@@ -427,6 +427,65 @@ def relative_drift(k0: np.ndarray, k1: np.ndarray) -> float:
   return float(np.linalg.norm(k1 - k0) / np.linalg.norm(k0))
 
 
+def kernel_parts(apply_fn: Callable, features_fn: Callable, params: PyTree, x: np.ndarray, *,
+                 block_size: int = 100) -> dict[str, np.ndarray]:
+  """Θ on `x` split by parameters under a Dense head f = Wᵀ φ + b (DESIGN §3.5).
+
+  The head's parameters give Θ_head[i, j] = (φ_iᵀ φ_j + 1) I_C; the others give
+  Θ_backbone[i, j] = Wᵀ G[i, j] W (G the kernel of the features), computed from
+  the Jacobian of the non-head parameters alone. Θ = Θ_head + Θ_backbone.
+
+  Args:
+    apply_fn: apply_fn(params, x) -> [n, C], BatchNorm frozen; features_fn:
+      features_fn(params, x) -> [n, D], the φ under `params['head']`.
+    params: the point of linearisation, with `head` {'kernel' [D, C], 'bias' [C]}.
+    x: [n, ...] samples.
+    block_size: samples per Jacobian block.
+
+  Returns:
+    {'head': [n, n, C, C], 'backbone': [n, n, C, C], 'features': [n, D],
+    'head_kernel': [D, C]}.
+  """
+  head = params['head']
+  backbone = {k: v for k, v in params.items() if k != 'head'}
+  k_backbone, _ = empirical_ntk(lambda p, xs: apply_fn(dict(p, head=head), xs), backbone, x,
+                                block_size=block_size)
+  phi = outputs(features_fn, params, x)
+  eye = np.eye(k_backbone.shape[-1], dtype=k_backbone.dtype)
+  k_head = np.einsum('ij,cd->ijcd', (phi @ phi.T + 1.0).astype(k_backbone.dtype), eye)
+  return {'head': k_head, 'backbone': k_backbone, 'features': phi,
+          'head_kernel': np.asarray(head['kernel'])}
+
+
+def _ratio(a: float, b: float) -> float:
+  return float(a / b) if b else float('inf')  # a part that is zero at w0 (a zero head's)
+
+
+def kernel_diagnosis(before: dict[str, np.ndarray], after: dict[str, np.ndarray]
+                     ) -> dict[str, float]:
+  """Where the kernel's change comes from, between two `kernel_parts` on the same samples.
+
+  Θ_T = Θ_head,T + Θ_backbone,T against Θ_0 likewise (Frobenius norms):
+    scale: ‖Θ_T‖/‖Θ_0‖; shape_drift: ‖Θ_T/‖Θ_T‖ − Θ_0/‖Θ_0‖‖, in [0, 2] (the
+      drift ‖Θ_T − Θ_0‖/‖Θ_0‖ with the scale taken out);
+    feature_growth: ‖Φ_T‖/‖Φ_0‖; head_growth: ‖W_T‖/‖W_0‖ (the head's kernel);
+    head_part_growth, backbone_part_growth: ‖Θ_part,T‖/‖Θ_part,0‖;
+    backbone_share_0, backbone_share_T: ‖Θ_backbone‖/‖Θ‖ at w0 and at w_T.
+  A ratio to a part that is zero at w0 (a zero head) is inf.
+  """
+  norm = lambda a: float(np.linalg.norm(np.asarray(a, np.float64)))
+  k0 = np.asarray(before['head'], np.float64) + before['backbone']
+  k1 = np.asarray(after['head'], np.float64) + after['backbone']
+  n0, n1 = norm(k0), norm(k1)
+  return {'scale': _ratio(n1, n0), 'shape_drift': norm(k1 / n1 - k0 / n0),
+          'feature_growth': _ratio(norm(after['features']), norm(before['features'])),
+          'head_growth': _ratio(norm(after['head_kernel']), norm(before['head_kernel'])),
+          'head_part_growth': _ratio(norm(after['head']), norm(before['head'])),
+          'backbone_part_growth': _ratio(norm(after['backbone']), norm(before['backbone'])),
+          'backbone_share_0': _ratio(norm(before['backbone']), n0),
+          'backbone_share_T': _ratio(norm(after['backbone']), n1)}
+
+
 def feature_kernel(k: np.ndarray, features_1: np.ndarray, features_2: np.ndarray,
                    head_kernel: np.ndarray) -> np.ndarray:
   """The isotropic feature kernel K_φ [N1, N2] under a Dense head, from the logit kernel.

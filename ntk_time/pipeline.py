@@ -110,10 +110,12 @@ def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test
   return lin
 
 
-def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_sub, drift_x,
-             progress):
-  """One real fine-tuning run (reused if finished, resumed if interrupted), with its
-  kernel drift (None after a divergence). Returns (run.json's dict, curves)."""
+def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, progress,
+             features_fn=None, reference=None, drift_x=None):
+  """One real fine-tuning run (reused if finished, resumed if interrupted). With
+  `reference` (ntk.kernel_parts at w0 on `drift_x`), also its kernel drift and
+  its diagnosis (ntk.kernel_diagnosis; neither after a divergence). Returns
+  (run.json's dict, curves)."""
   done = os.path.join(run_dir, 'run.json')
   if os.path.exists(done) and wd.read_json(done).get('config_hash') == run_hash:
     return wd.read_json(done), wd.read_npz(os.path.join(run_dir, 'curves.npz'))
@@ -122,11 +124,13 @@ def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, k0_su
                              eval_every=ft.eval_every, workdir=run_dir,
                              checkpoint_every=ft.checkpoint_every, progress=progress)
   run = wd.read_json(done)
-  if k0_sub is not None and result['diverged_at'] is None:
-    # Θ on a fixed subset at the real final weights vs at w0 (DESIGN §3.5).
-    k1_sub, _ = ntk.empirical_ntk(apply_fn, result['params'], drift_x,
-                                  block_size=config.kernel.block_size)
-    run['kernel_drift'] = ntk.relative_drift(k0_sub, k1_sub)
+  if reference is not None and result['diverged_at'] is None:
+    # Θ on a fixed subset at the real final weights vs at w0, by part (DESIGN §3.5).
+    after = ntk.kernel_parts(apply_fn, features_fn, result['params'], drift_x,
+                             block_size=config.kernel.block_size)
+    run['kernel_drift'] = ntk.relative_drift(reference['head'] + reference['backbone'],
+                                             after['head'] + after['backbone'])
+    run['diagnosis'] = ntk.kernel_diagnosis(reference, after)
   run['config_hash'] = run_hash
   wd.write_json(done, run)
   return run, wd.read_npz(os.path.join(run_dir, 'curves.npz'))
@@ -145,15 +149,17 @@ def real_results(curves_per_seed: list[dict], runs: list[dict],
       times=times, spread={d: times_lib.spread(t) for d, t in times.items()},
       train_seconds=[r['train_seconds'] for r in runs],
       seconds_per_step=float(np.mean([r['seconds_per_step'] for r in runs])),
-      diverged_at=[r.get('diverged_at') for r in runs], kernel_drift=runs[0].get('kernel_drift'))
+      diverged_at=[r.get('diverged_at') for r in runs], kernel_drift=runs[0].get('kernel_drift'),
+      diagnosis=summary_lib.KernelDiagnosis.from_json(runs[0].get('diagnosis')))
 
 
 @dataclasses.dataclass
 class Predicted:
   """Everything of a comparison that comes before the real runs (see `predicted`).
 
-  base: what identifies the starting point (checkpoint, model, task, seed), for
-  hashes; orders: per configuration [seeds, T, B] batch orders; step_seconds,
+  base: what identifies the starting point (checkpoint, model, task, seed, head
+  initialisation), for hashes; head_report: finetune.init_head's report;
+  orders: per configuration [seeds, T, B] batch orders; step_seconds,
   flop_seconds and flops: per configuration, seconds of one real step measured
   and from XLA's FLOP count, and that count; preds: per simulated predictor
   (methods and simulated baselines), one Prediction per configuration.
@@ -163,7 +169,9 @@ class Predicted:
   task: data.Task
   params: Any
   apply_fn: Callable
+  features_fn: Callable
   pre_report: dict
+  head_report: dict
   base: dict
   lin: ntk.Linearization
   kernel_report: dict
@@ -197,6 +205,13 @@ def _step_timings(apply_fn, params, task, configs, loss, key):
           [flops[shape(hp)] for hp in configs])
 
 
+def head_key(ft) -> dict:
+  """What the start point's head depends on beyond the seed, for every cache key
+  downstream of it (kernel, predictions, real runs)."""
+  return {'head_init': ft.head_init,
+          'probe_l2': ft.probe_l2 if ft.head_init == 'linear_probe' else None}
+
+
 def predicted(config, workdir: str, progress: bool = True, overwrite: bool = False,
               reuse: bool = True, with_baselines: bool = True) -> Predicted:
   """Checks the config, claims the workdir, pretrains (or loads), computes the kernel,
@@ -212,8 +227,8 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
   wd.claim(workdir, config.to_dict(), overwrite)
   keys = sgd.run_keys(config.seed)
 
-  # Pretrained model with a fresh head on the target task.
-  task, model, variables, pre_report, ckpt_path = finetune.target_from_config(
+  # Pretrained model with its new head (finetune.head_init) on the target task.
+  task, model, variables, pre_report, ckpt_path, head_report = finetune.target_from_config(
       config, workdir, keys['head'], progress)
   params = variables['params']
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
@@ -221,7 +236,8 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
 
   # The kernel, once.
   base = {'checkpoint': wd.config_hash(pre_report), 'ckpt_path': os.path.abspath(ckpt_path),
-          'model': config.model.to_dict(), 'target': config.target.to_dict(), 'seed': config.seed}
+          'model': config.model.to_dict(), 'target': config.target.to_dict(), 'seed': config.seed,
+          **head_key(ft)}
   kernel_hash = wd.config_hash({**base, 'kernel': config.kernel.to_dict(), 'features': True})
   lin = cached_kernel(os.path.join(workdir, 'kernel.npz'), kernel_hash, apply_fn, params,
                       task.x_train, task.x_test, config.kernel, features_fn, progress, reuse)
@@ -246,7 +262,8 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
   preds = _predictions(lin, task, configs, orders, config, keys['sde'], targets,
                        os.path.join(workdir, 'predictions.json'), pred_hash, reuse, simulated)
   return Predicted(configs=configs, targets=targets, task=task, params=params,
-                   apply_fn=apply_fn, pre_report=pre_report, base=base, lin=lin,
+                   apply_fn=apply_fn, features_fn=features_fn, pre_report=pre_report,
+                   head_report=head_report, base=base, lin=lin,
                    kernel_report=kernel_report, orders=orders, step_seconds=step_seconds,
                    flop_seconds=flop_seconds, flops=flops,
                    step_timing_seconds=step_timing_seconds, methods=methods,
@@ -288,6 +305,7 @@ def ranking(config, workdir: str, progress: bool = True, overwrite: bool = False
              'kernel': pr.kernel_report,
              'costs': {'kernel_seconds': pr.lin.seconds,
                        'step_timing_seconds': pr.step_timing_seconds,
+                       'probe_seconds': pr.head_report['seconds'],
                        **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m]))
                           for m in pr.methods}},
              'configs': sorted(rows, key=rank_key)}
@@ -295,19 +313,6 @@ def ranking(config, workdir: str, progress: bool = True, overwrite: bool = False
   if leader:
     wd.write_json(os.path.join(workdir, 'ranking.json'), summary)
   return summary
-
-
-def _drift_reference(config, pr: Predicted, drift_x):
-  """Θ(w0) on the drift subset, exact: a block of the full kernel when that is
-  exact, else recomputed (a sketched Θ̂(w0) against the exact Θ(w_T) would count
-  the sketch's error as drift)."""
-  n = len(drift_x)
-  if not n:
-    return None
-  if pr.lin.traced or config.kernel.sketch_dim:
-    return ntk.empirical_ntk(pr.apply_fn, pr.params, drift_x,
-                             block_size=config.kernel.block_size)[0]
-  return pr.lin.k_train_train[:n, :n]
 
 
 def _errors(pred: summary_lib.Prediction | None, constant: dict[str, float] | None,
@@ -392,7 +397,10 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
   configs, targets, task = pr.configs, pr.targets, pr.task
   n_drift = min(config.kernel.drift_samples, len(task.x_train))
   drift_x = task.x_train[:n_drift]
-  k0_sub = _drift_reference(config, pr, drift_x)
+  # Θ(w0) on the drift subset by part, exact (never sketched or traced) and computed as
+  # at w_T, so that the drift holds no difference between two ways of computing Θ.
+  reference = (ntk.kernel_parts(pr.apply_fn, pr.features_fn, pr.params, drift_x,
+                                block_size=config.kernel.block_size) if n_drift else None)
 
   # Real fine-tuning, every configuration and seed.
   reals = []
@@ -407,8 +415,8 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
                                  'eval_every': ft.eval_every, 'drift': n_drift,
                                  'order': wd.digest(pr.orders[i][s])})
       r, c = real_run(pr.apply_fn, pr.params, task, hp, pr.orders[i][s], config,
-                      os.path.join(workdir, 'runs', name), run_hash,
-                      k0_sub if s == 0 else None, drift_x, progress)
+                      os.path.join(workdir, 'runs', name), run_hash, progress, pr.features_fn,
+                      reference if s == 0 else None, drift_x)
       runs.append(r)
       curves.append(c)
     reals.append(real_results(curves, runs, targets))
@@ -436,12 +444,15 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
         steps=np.arange(0, hp.steps + 1, ft.eval_every), real=real,
         predicted={p: pr.preds[p][i] for p in pr.preds}, errors=errors, seconds=seconds))
 
-  # The cost of a prediction: the kernel, the headline method's simulations, the step timing.
+  # The cost of a prediction: the kernel, the headline method's simulations, the step timing;
+  # a linear probe is paid once on either side: both start from its head.
+  probe_s = pr.head_report['seconds']
   costs = {'kernel_seconds': pr.lin.seconds, 'step_timing_seconds': pr.step_timing_seconds,
-           'train_seconds': float(sum(np.mean(r.real.train_seconds) for r in rows)),
+           'probe_seconds': probe_s,
+           'train_seconds': probe_s + float(sum(np.mean(r.real.train_seconds) for r in rows)),
            **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m])) for m in pr.preds}}
   costs['predict_seconds'] = (costs['kernel_seconds'] + costs[f'{headline}_seconds']
-                              + costs['step_timing_seconds'])
+                              + costs['step_timing_seconds'] + probe_s)
   costs['ratio'] = costs['train_seconds'] / costs['predict_seconds']
   predictors = pr.methods + pr.baselines
   agg = aggregate(rows, predictors, targets)
@@ -458,7 +469,7 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
       seconds_errors={k: times_lib.stat([summary_lib.Error(getattr(r.seconds, k)) for r in rows
                                          if getattr(r.seconds, k) is not None])
                       for k in ('measured_step_error', 'flops_step_error', 't_eps_error')},
-      configs=rows, wall_seconds=time.perf_counter() - t_start,
+      configs=rows, wall_seconds=time.perf_counter() - t_start, head=pr.head_report,
       notes=[] if 'nt_gradient_descent' in pr.preds else
       ['nt_gradient_descent baseline left out: neural-tangents does not import here, or the '
        'grid has a schedule, Nesterov or weight decay, which its gradient flow does not model'])
@@ -516,7 +527,7 @@ def run_subset(config, workdir: str, progress: bool = True) -> dict:
   e = config.experiment
   ft = e.finetune
   keys = sgd.run_keys(e.seed)
-  task, model, variables, pre_report, ckpt_path = finetune.target_from_config(
+  task, model, variables, pre_report, _, _ = finetune.target_from_config(
       e, workdir, keys['head'], progress)
   params = variables['params']
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
@@ -524,7 +535,7 @@ def run_subset(config, workdir: str, progress: bool = True) -> dict:
   grid = sgd.grid(ft)
   targets = checks.targets_from_config(e.predict)
   base = {'checkpoint': wd.config_hash(pre_report), 'model': e.model.to_dict(),
-          'target': e.target.to_dict(), 'seed': e.seed}
+          'target': e.target.to_dict(), 'seed': e.seed, **head_key(ft)}
 
   kernels, spectra = {}, {}
   for m in config.sizes:
@@ -548,8 +559,7 @@ def run_subset(config, workdir: str, progress: bool = True) -> dict:
       run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'loss': loss,
                                  'eval_every': ft.eval_every, 'order': wd.digest(order)})
       real, curves = real_run(apply_fn, params, task, hp, order, cfg,
-                                      os.path.join(workdir, 'runs', name), run_hash, None, None,
-                                      progress)
+                              os.path.join(workdir, 'runs', name), run_hash, progress)
       t_real = None
       if np.all(np.isfinite(curves['train_loss'])):
         t_real = times_lib.t_eps(curves['steps'], curves['train_loss'], targets.eps)
@@ -624,9 +634,12 @@ def _fmt(v, pct=False):
 
 
 def write_csv(s: summary_lib.Summary, path: str) -> None:
-  """One line per configuration: hyper-parameters, real times, then per predictor
-  its times (simulated ones) and errors on every definition."""
+  """One line per configuration: hyper-parameters, the kernel drift and its
+  diagnosis (summary.KernelDiagnosis, empty where there is none), real times,
+  then per predictor its times (simulated ones) and errors on every definition."""
+  diagnosis = [f.name for f in dataclasses.fields(summary_lib.KernelDiagnosis)]
   head = ['name', 'lr', 'batch_size', 'momentum', 'weight_decay', 'horizon', 'kernel_drift',
+          *(f'kernel_{d}' for d in diagnosis),
           'real_train_seconds', 'predicted_seconds_t_eps', 'real_seconds_t_eps']
   head += [f'real_{d}' for d in s.definitions] + [f'real_spread_{d}' for d in s.definitions]
   for p in s.predictors:
@@ -636,9 +649,10 @@ def write_csv(s: summary_lib.Summary, path: str) -> None:
   lines = [','.join(head)]
   for r in s.configs:
     hp = r.hparams
+    diag = r.real.diagnosis
     vals = [r.name, hp['lr'], hp['batch_size'], hp['momentum'], hp['weight_decay'], r.horizon,
-            r.real.kernel_drift, float(np.mean(r.real.train_seconds)), r.seconds.predicted_t_eps,
-            r.seconds.real_t_eps]
+            r.real.kernel_drift, *(diag and getattr(diag, d) for d in diagnosis),
+            float(np.mean(r.real.train_seconds)), r.seconds.predicted_t_eps, r.seconds.real_t_eps]
     vals += [r.real.times[d].value for d in s.definitions]
     vals += [r.real.spread[d] for d in s.definitions]
     for p in s.predictors:
@@ -701,6 +715,15 @@ def format_table(s: summary_lib.Summary) -> str:
                   if d.startswith('t_loss_'))
       + f"; kernel drift ‖Θ(w_T) - Θ(w_0)‖/‖Θ(w_0)‖: median {_fmt(s.kernel_drift.median)}, "
       f"max {_fmt(s.kernel_drift.max)}")
+  diags = [r.real.diagnosis for r in s.configs if r.real.diagnosis is not None]
+  if diags:
+    med = lambda f: _fmt(_median([getattr(d, f) for d in diags]))  # noqa: E731
+    lines.append(
+        f"kernel change, median over configurations: scale ‖Θ_T‖/‖Θ_0‖ {med('scale')}, shape "
+        f"drift {med('shape_drift')}; features ×{med('feature_growth')}, head "
+        f"×{med('head_growth')}; head part ×{med('head_part_growth')}, backbone part "
+        f"×{med('backbone_part_growth')} (share of Θ {med('backbone_share_0')} -> "
+        f"{med('backbone_share_T')})")
   se = s.seconds_errors
   lines.append(f"seconds per step against the real runs' (median error): timed "
                f"{_fmt(se['measured_step_error'].median, True)}, from XLA's FLOPs "
@@ -710,9 +733,11 @@ def format_table(s: summary_lib.Summary) -> str:
   lines.append(f"kernel: symmetric to {k['asymmetry']:.1e}, eigenvalues in [{k['min_eig']:.3g}, "
                f"{k['max_eig']:.3g}] (checked PSD)")
   c, first = s.costs, s.methods[0]
+  probe = (f", linear probe {c['probe_seconds']:.1f} (in both)" if c.get('probe_seconds')
+           else '')
   lines.append(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, "
-               f"{first} {c[f'{first}_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f})"
-               f" vs train {c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper")
+               f"{first} {c[f'{first}_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f}"
+               f"{probe}) vs train {c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper")
   lines += [f'note: {t}' for t in s.notes]
   return '\n'.join(lines)
 

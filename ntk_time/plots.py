@@ -160,6 +160,8 @@ def costs(summary: Summary, path: str) -> str:
   first = summary.methods[0]
   parts = [('kernel', c['kernel_seconds']), (f'{first} simulations', c[f'{first}_seconds']),
            ('step timing', c['step_timing_seconds'])]
+  if c.get('probe_seconds'):  # in both bars: either side starts from the probe's head
+    parts.append(('linear probe', c['probe_seconds']))
   left = 0.0
   for name, v in parts:
     ax.barh(1, v, left=left, label=name)
@@ -173,10 +175,54 @@ def costs(summary: Summary, path: str) -> str:
   return _save(fig, path)
 
 
+def error_vs_drift(summary: Summary, path: str) -> str:
+  """Each configuration's error against its real kernel drift ‖Θ(w_T) − Θ(w0)‖/‖Θ(w0)‖:
+  the curve error max_t |log L̂_t − log L_t| and the loss-level times' relative
+  errors, every method (the headline filled); infinite or missing errors and
+  runs without a drift are left out (log axes)."""
+  fig, (ax_c, ax_l) = plt.subplots(1, 2, figsize=(8.4, 3.6), sharex=True)
+  levels = [d for d in summary.definitions if d.startswith('t_loss_')]
+  drawn = {ax_c: [], ax_l: []}
+  for j, m in enumerate(summary.methods):
+    style = dict(marker=MARKERS.get(m, 'o'), edgecolors=COLORS.get(m), s=30,
+                 facecolors=COLORS.get(m) if j == 0 else 'none')
+    for ax, names in ((ax_c, ['curve_log_error']), (ax_l, levels)):
+      pts = [(r.real.kernel_drift, r.errors[m][d].value) for r in summary.configs for d in names]
+      pts = [(x, y) for x, y in pts
+             if x is not None and y is not None and np.isfinite(y) and x > 0 and y > 0]
+      if pts:
+        ax.scatter(*zip(*pts), label=m, **style)
+        drawn[ax] += pts
+  ax_c.set_ylabel('curve error max |log L̂ − log L|')
+  ax_l.set_ylabel('loss-level time error |T̂ − T|/T\n(' + ', '.join(levels) + ')')
+  ax_l.axhline(0.2, color='gray', lw=0.8, ls='--')
+  def decade(vals, set_lim):
+    # At least a decade, so that a major tick is labelled (minor labels collide).
+    if vals:
+      mid = np.sqrt(min(vals) * max(vals))
+      half = max(1.3 * np.sqrt(max(vals) / min(vals)), np.sqrt(10))
+      set_lim(mid / half, mid * half)
+
+  for ax in (ax_c, ax_l):
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    decade([x for pts in drawn.values() for x, _ in pts], ax.set_xlim)
+    decade([y for _, y in drawn[ax]], ax.set_ylim)
+    for axis in (ax.xaxis, ax.yaxis):
+      axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel('kernel drift ‖Θ(w_T) − Θ(w0)‖/‖Θ(w0)‖')
+    if ax.get_legend_handles_labels()[0]:
+      ax.legend(fontsize=7)
+  fig.suptitle(f"error against kernel drift (head: {summary.head.get('head_init', 'random')}; "
+               f'{summary.methods[0]} filled)', fontsize=9)
+  return _save(fig, path)
+
+
 def all_figures(summary: Summary, workdir: str) -> list[str]:
   return [loss_curves(summary, os.path.join(workdir, 'loss_curves.png')),
           training_times(summary, os.path.join(workdir, 'training_times.png')),
-          costs(summary, os.path.join(workdir, 'costs.png'))]
+          costs(summary, os.path.join(workdir, 'costs.png')),
+          error_vs_drift(summary, os.path.join(workdir, 'error_vs_drift.png'))]
 
 
 # Figures across several summaries (the experiments/fig_*.py scripts).

@@ -118,12 +118,36 @@ class Prediction(_Json):
 
 
 @dataclasses.dataclass
+class KernelDiagnosis(_Json):
+  """Where a real run's kernel drift comes from (ntk.kernel_diagnosis), on the
+  drift subset at w0 and at the run's final weights w_T: Θ = Θ_head + Θ_backbone,
+  Θ_head = (ΦΦᵀ + 1) ⊗ I_C from the features Φ under the head, Θ_backbone =
+  W G Wᵀ from the other parameters' Jacobian.
+
+  scale: ‖Θ_T‖/‖Θ_0‖; shape_drift: ‖Θ_T/‖Θ_T‖ − Θ_0/‖Θ_0‖‖ (in [0, 2]);
+  feature_growth: ‖Φ_T‖/‖Φ_0‖; head_growth: ‖W_T‖/‖W_0‖ (the head's kernel);
+  head_part_growth, backbone_part_growth: each part's ‖·_T‖/‖·_0‖;
+  backbone_share_0, backbone_share_T: ‖Θ_backbone‖/‖Θ‖ at w0 and w_T. A ratio
+  to a part that is zero at w0 (a zero head) is inf.
+  """
+  scale: float
+  shape_drift: float
+  feature_growth: float
+  head_growth: float
+  head_part_growth: float
+  backbone_part_growth: float
+  backbone_share_0: float
+  backbone_share_T: float
+
+
+@dataclasses.dataclass
 class Real(_Json):
   """The real fine-tuning runs of one configuration, one per seed.
 
   curves: per curve name, one [E] array per seed; diverged_at: per seed the
   step at which the loss went non-finite (None: it did not); kernel_drift:
-  ‖Θ(w_T) − Θ(w0)‖/‖Θ(w0)‖ on a fixed subset, first seed (None if it diverged).
+  ‖Θ(w_T) − Θ(w0)‖/‖Θ(w0)‖ on a fixed subset, first seed (None if it diverged),
+  and diagnosis its split by part, scale and shape (same seed and subset).
   """
   curves: dict[str, list[np.ndarray]]
   times: dict[str, Time]
@@ -132,6 +156,7 @@ class Real(_Json):
   seconds_per_step: float
   diverged_at: list[int | None]
   kernel_drift: float | None = None
+  diagnosis: KernelDiagnosis | None = None
 
   @property
   def diverged(self) -> bool:
@@ -221,7 +246,10 @@ class Summary(_Json):
   definition, the median over configurations of the real seeds' (max − min)
   / value, the floor no predictor can beat; costs: seconds ('kernel_seconds',
   'step_timing_seconds', 'train_seconds', '<method>_seconds',
-  'predict_seconds') and 'ratio' train / predict.
+  'predict_seconds') and 'ratio' train / predict; a linear probe's
+  'probe_seconds' are in both predict_seconds and train_seconds (both sides
+  start from its head); head: how the head was initialised
+  (finetune.init_head's report: 'head_init', 'seconds', the probe's numbers).
   """
   config: dict
   methods: list[str]
@@ -239,6 +267,7 @@ class Summary(_Json):
   seconds_errors: dict[str, Stat]
   configs: list[ConfigResult]
   wall_seconds: float = 0.0
+  head: dict = dataclasses.field(default_factory=dict)
   notes: list[str] = dataclasses.field(default_factory=list)
 
   @property

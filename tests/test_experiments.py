@@ -25,7 +25,7 @@ def smoke_run(tmp_path_factory, smoke_checkpoint):
 def test_compare_writes_summary_csv_and_figures(smoke_run):
   workdir, summary = smoke_run
   for f in ('summary.json', 'summary.csv', 'loss_curves.png', 'training_times.png', 'costs.png',
-            'kernel.npz'):
+            'error_vs_drift.png', 'kernel.npz'):
     assert os.path.exists(os.path.join(workdir, f)), f
   on_disk = summary_lib.Summary.read(workdir)
   assert on_disk.to_json() == summary.to_json()
@@ -36,7 +36,7 @@ def test_compare_writes_summary_csv_and_figures(smoke_run):
   assert set(row.errors) == set(on_disk.predictors)
   assert set(on_disk.baselines) >= {'full_batch', 'best_constant', 'horizon_fraction'}
   assert len(row.real.curves['train_loss'][0]) == len(row.steps)
-  assert row.real.kernel_drift > 0
+  assert row.real.kernel_drift > 0 and row.real.diagnosis.scale > 0
   assert on_disk.costs['train_seconds'] > 0 and on_disk.costs['kernel_seconds'] > 0
   with open(os.path.join(workdir, 'summary.csv')) as f:
     assert len(f.read().strip().splitlines()) == 5

@@ -1,5 +1,5 @@
-"""The pipeline's own pieces: step timing, the drift reference, configs without the
-library, figures that show failures."""
+"""The pipeline's own pieces: step timing, configs without the library, figures that
+show failures."""
 
 import os
 import subprocess
@@ -37,30 +37,6 @@ def test_step_timing_uses_each_configurations_optimiser(monkeypatch):
   # FLOP seconds are calibrated by the first structure's timing: 5 s for 50 FLOPs.
   assert flop_seconds == pytest.approx([f * 5 / 50 for f in flops])
   assert flops[2] == 51.0 and flops[0] == 50.0
-
-
-def test_drift_is_measured_against_the_exact_kernel_when_sketched():
-  class Lin:
-    traced = False
-    k_train_train = np.full((4, 4, 2, 2), 7.0)  # a sketched estimate: must not be used
-
-  class Pr:
-    lin, apply_fn, params = Lin(), None, None
-
-  calls = []
-  exact = np.ones((3, 3, 2, 2))
-  orig = pipeline.ntk.empirical_ntk
-  pipeline.ntk.empirical_ntk = lambda apply_fn, params, x, **kw: calls.append(x) or (exact, None)
-  try:
-    import ml_collections  # pylint: disable=g-import-not-at-top
-    cfg = ml_collections.ConfigDict({'kernel': {'sketch_dim': 64, 'block_size': 10}})
-    got = pipeline._drift_reference(cfg, Pr(), np.zeros((3, 1)))  # pylint: disable=protected-access
-    assert got is exact and len(calls) == 1
-    cfg.kernel.sketch_dim = 0
-    np.testing.assert_array_equal(pipeline._drift_reference(  # pylint: disable=protected-access
-        cfg, Pr(), np.zeros((3, 1))), Lin.k_train_train[:3, :3])
-  finally:
-    pipeline.ntk.empirical_ntk = orig
 
 
 def test_configs_load_without_the_library():

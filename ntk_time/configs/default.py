@@ -58,7 +58,14 @@ def get_config() -> mlc.ConfigDict:
       seeds=1,
       # Steps between saved training states (a multiple of eval_every): an
       # interrupted run resumes from the last one.
-      checkpoint_every=400))
+      checkpoint_every=400,
+      # The new head, the same for the prediction and the real runs: 'random' (Flax's
+      # Dense init from the seed), 'zero', or 'linear_probe' (kernel and bias fitted
+      # first on the frozen pretrained features of the training set: logistic
+      # regression for cross_entropy, ridge for mse, L2 strength probe_l2 on the
+      # kernel; then everything is fine-tuned, LP-FT; the probe's seconds count in the
+      # cost of both sides).
+      head_init='random', probe_l2=1e-2))
 
   c.kernel = mlc.ConfigDict(dict(
       implementation='direct',  # 'direct', 'nt_jacobian_contraction' or 'nt_ntvp'
