@@ -73,5 +73,10 @@ def get_config() -> mlc.ConfigDict:
       levels=(2.0, 4.0, 8.0),
       # The trivial baseline "a constant fraction of the horizon".
       horizon_fraction=0.5,
-      dtype='float32'))
+      dtype='float32',
+      # 'head_exact' only: the feature kernel G's leading feature_rank directions, by a
+      # randomised SVD from feature_seed (ntk.feature_factors), of which the fewest are kept
+      # whose kernel at w0 is within feature_rank_tol of Θ(w0)'s backbone part (relative
+      # Frobenius error, ntk.feature_rank_errors; 0: keep them all).
+      feature_rank=1000, feature_rank_tol=0.0, feature_seed=0))
   return c
