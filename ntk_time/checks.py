@@ -171,6 +171,11 @@ def check(config) -> list[sgd.SGD]:
       raise ValueError(f'predict.rank={pc.rank} is more than the {rows} rows of the kernel '
                        f"({'class-traced, ' if k.traced else ''}target.n_train="
                        f'{config.target.n_train})')
+  _positive_int(pc.feature_rank, 'predict.feature_rank')
+  ftol = pc.feature_rank_tol
+  if isinstance(ftol, bool) or not isinstance(ftol, (int, float)) or not 0 <= ftol < 1:
+    raise ValueError(f'predict.feature_rank_tol must be in [0, 1), got {ftol!r}')
+  _positive_int(pc.feature_seed, 'predict.feature_seed', minimum=0)
   if pc.dtype not in ('float32', 'float64'):
     raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
   targets_from_config(pc)

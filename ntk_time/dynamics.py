@@ -11,6 +11,8 @@ residuals r_i = ∂ℓ/∂f_i, held-out outputs F_test [N_test, C] moved by
 - `simulate_full_batch` and `mse_closed_form`: the deterministic limits.
 - `low_rank`, `low_rank_within`, `truncation_bounds`: Θ ≈ U_k Λ_k U_kᵀ, which
   the three simulators above take in place of the dense kernel (§3.6).
+- `simulate_head_aware` and `simulate_head_exact`: the head trained exactly, the
+  features linearised, under an isotropic or the whole feature kernel.
 - `lr_limit`: the learning rate above which each of them diverges.
 
 Outputs are curves recorded every `eval_every` steps, step 0 included.
@@ -113,12 +115,18 @@ class LowRankArrays(NamedTuple):
 
 
 class HeadArrays(NamedTuple):
-  """The arrays of the head-aware model (`simulate_head_aware`), shared by every order."""
-  k_phi: jax.Array               # [N, N] feature kernel K_φ
+  """The arrays of the head-aware models, shared by every order.
+
+  The feature kernel G comes in one of two forms, told apart by k_phi's rank:
+  `simulate_head_aware`'s isotropic K_φ [N, N] (G = K_φ ⊗ I_D), with k_phi_test
+  [N, N_test]; or `simulate_head_exact`'s factor Z [N, D, R] (G ≈ Z Zᵀ), with
+  k_phi_test the test factor [N_test, D, R].
+  """
+  k_phi: jax.Array               # [N, N] feature kernel K_φ, or the factor Z [N, D, R]
   features_train_0: jax.Array    # [N, D] φ(0)
   y_train: jax.Array             # [N] int
   jw0_features_train: jax.Array  # [N, D] (∂φ/∂θ) θ_0 (weight decay)
-  k_phi_test: jax.Array          # [N, N_test]: K_φ[test, train] transposed, rows by training sample
+  k_phi_test: jax.Array          # [N, N_test] K_φ[test, train]ᵀ; or Z_test [N_test, D, R]
   features_test_0: jax.Array     # [N_test, D]
   y_test: jax.Array              # [N_test] int
   jw0_features_test: jax.Array   # [N_test, D]
@@ -691,8 +699,13 @@ def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
     bsz = idx.shape[0]
     r = losses.residual(loss, phi[idx] @ w + b, y[idx])  # [B, C]
     q = r @ w.T  # [B, D]: ∂ℓ_i/∂φ_i
-    grads = (k_phi[idx].T @ q / bsz + weight_decay * (phi - phi0 + jphi0),
-             k_phi_st[idx].T @ q / bsz + weight_decay * (phit - phit0 + jphit0),
+    if k_phi.ndim == 3:  # G ≈ Z Zᵀ: the backbone's move Zᵀ_S q_S [R], then every feature's
+      dtheta = jnp.einsum('bdr,bd->r', k_phi[idx], q) / bsz
+      move, move_t = k_phi @ dtheta, k_phi_st @ dtheta
+    else:  # G = K_φ ⊗ I_D
+      move, move_t = k_phi[idx].T @ q / bsz, k_phi_st[idx].T @ q / bsz
+    grads = (move + weight_decay * (phi - phi0 + jphi0),
+             move_t + weight_decay * (phit - phit0 + jphit0),
              phi[idx].T @ r / bsz + weight_decay * w,
              jnp.mean(r, 0) + weight_decay * b)
     vel = jax.tree.map(lambda v, g: momentum * v + g, vel, grads)
@@ -745,6 +758,56 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   Returns:
     (curves, fx_train_T, fx_test_T) as simulate_sgd.
   """
+  if k_phi_test is not None:
+    k_phi_test = np.asarray(k_phi_test).T  # [N, N_test]: rows by training sample
+  return _simulate_head(orders, lrs, k_phi, k_phi_test, features_train_0, y_train, head_kernel,
+                        head_bias, loss=loss, eval_every=eval_every, momentum=momentum,
+                        nesterov=nesterov, weight_decay=weight_decay,
+                        jw0_features_train=jw0_features_train, features_test_0=features_test_0,
+                        y_test=y_test, jw0_features_test=jw0_features_test)
+
+
+def simulate_head_exact(orders, lrs, feature_factors, features_train_0, y_train, head_kernel,
+                        head_bias, *, loss, eval_every, momentum=0.0, nesterov=False,
+                        weight_decay=0.0, jw0_features_train=None, feature_factors_test=None,
+                        features_test_0=None, y_test=None, jw0_features_test=None):
+  """Exact SGD on the head-aware model with the whole feature kernel G, not its isotropic part.
+
+  As `simulate_head_aware` (the head W, b trained exactly, the features φ linearised in the
+  backbone θ), but with G[i, j] = ∂φ_i/∂θ (∂φ_j/∂θ)ᵀ [D, D] itself, given by a factor,
+  G ≈ Z Zᵀ (ntk.feature_factors: G's leading R directions; exactly G at full rank). One SGD
+  step on batch S moves W and b as there, and the features by
+    φ_j <- φ_j - η (1/B) Σ_S G[j, i] W r_i = φ_j - η Z_j δ,  δ = (1/B) Σ_S Z_iᵀ W r_i [R]
+  (δ: the backbone's move in the R directions; for training and test points), with
+  momentum, Nesterov and weight decay as in `simulate_sgd`. At w0 its logit kernel is
+  (ΦΦᵀ + 1) ⊗ I_C + (I ⊗ W_0ᵀ) Z Zᵀ (I ⊗ W_0): Θ(w0) itself at full rank, where the
+  isotropic model matches Θ(w0) only in its class trace. It is then exact SGD on any net
+  whose features are linear in the backbone's parameters. A step costs O(N·D·R).
+
+  Args:
+    orders: [S, T, B]; lrs: [T].
+    feature_factors: [N, D, R] Z; features_train_0: [N, D]; y_train: [N].
+    head_kernel: [D, C] W_0; head_bias: [C] b_0.
+    jw0_features_train: [N, D] (∂φ/∂θ) θ_0, for weight decay.
+    feature_factors_test: [N_test, D, R], with G[test, train] ≈ Z_test Zᵀ; features_test_0:
+      [N_test, D]; y_test; jw0_features_test.
+
+  Returns:
+    (curves, fx_train_T, fx_test_T) as simulate_sgd.
+  """
+  if np.ndim(feature_factors) != 3:
+    raise ValueError(f'feature_factors must be [N, D, R], got shape {np.shape(feature_factors)}')
+  return _simulate_head(orders, lrs, feature_factors, feature_factors_test, features_train_0,
+                        y_train, head_kernel, head_bias, loss=loss, eval_every=eval_every,
+                        momentum=momentum, nesterov=nesterov, weight_decay=weight_decay,
+                        jw0_features_train=jw0_features_train, features_test_0=features_test_0,
+                        y_test=y_test, jw0_features_test=jw0_features_test)
+
+
+def _simulate_head(orders, lrs, k_phi, k_phi_test, features_train_0, y_train, head_kernel,
+                   head_bias, *, loss, eval_every, momentum, nesterov, weight_decay,
+                   jw0_features_train, features_test_0, y_test, jw0_features_test):
+  """Either head model on its HeadArrays; k_phi_test laid out as there, None: no test set."""
   orders = jnp.asarray(orders)
   _check_eval(orders.shape[1], eval_every)
   phi0 = jnp.asarray(features_train_0)
@@ -752,9 +815,10 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   dtype = phi0.dtype
   zeros_or = lambda a, shape: jnp.zeros(shape, dtype) if a is None else jnp.asarray(a, dtype)
   if k_phi_test is None:
-    k_st, phit0, yt = jnp.zeros((n, 0), dtype), jnp.zeros((0, d), dtype), jnp.zeros((0,), jnp.int32)
+    k_st = jnp.zeros((0,) + np.shape(k_phi)[1:] if np.ndim(k_phi) == 3 else (n, 0), dtype)
+    phit0, yt = jnp.zeros((0, d), dtype), jnp.zeros((0,), jnp.int32)
   else:
-    k_st = jnp.asarray(np.asarray(k_phi_test).T, dtype)  # [N, N_test]: rows by training sample
+    k_st = jnp.asarray(k_phi_test, dtype)
     phit0, yt = jnp.asarray(features_test_0, dtype), jnp.asarray(y_test)
   arrays = HeadArrays(
       k_phi=jnp.asarray(k_phi, dtype), features_train_0=phi0, y_train=jnp.asarray(y_train),
@@ -768,7 +832,8 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   return jax.device_get(run(orders, (arrays, hyper)))
 
 
-LIMIT_METHODS = ('replay', 'full_batch', 'head_aware', 'sde', 'nt_gradient_descent')
+LIMIT_METHODS = ('replay', 'full_batch', 'head_aware', 'head_exact', 'sde',
+                 'nt_gradient_descent')
 
 
 def curvature_bound(loss):
@@ -826,6 +891,7 @@ def lr_limit(method, max_eig, n, loss, *, momentum=0.0, nesterov=False, weight_d
     probe); with moving features, runs measured at 1.03× and 1.5× of it
     converged after a catapult (MSE, m = 0), and at m = 0.9 one diverged at
     0.97× as the kernel grew.
+  - 'head_exact': likewise (its kernel at w0 is Θ(w0) itself at full rank).
   - 'nt_gradient_descent': gradient flow, an ODE solved to tolerance, has no
     step to make unstable: inf.
 

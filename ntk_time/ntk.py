@@ -68,6 +68,12 @@ class Linearization:
   jw0_features_test: np.ndarray | None = None
   head_kernel: np.ndarray | None = None
   head_bias: np.ndarray | None = None
+  # For the exact-feature model (dynamics.simulate_head_exact), from `with_feature_factors`:
+  # Z [N, D, R] and [N_test, D, R] with G[train, train] ≈ Z Zᵀ and G[test, train] ≈ Z_test Zᵀ,
+  # and the measured error of Θ(w0) at each rank 1..R_max (`feature_rank_errors`).
+  feature_factors_train: np.ndarray | None = None
+  feature_factors_test: np.ndarray | None = None
+  feature_rank_errors: np.ndarray | None = None
 
   @property
   def traced(self) -> bool:
@@ -504,6 +510,157 @@ def feature_kernel(k: np.ndarray, features_1: np.ndarray, features_2: np.ndarray
   head = features_1 @ features_2.T + 1.0
   backbone = np.trace(k, axis1=2, axis2=3) - c * head
   return backbone / np.sum(np.asarray(head_kernel, np.float64) ** 2)
+
+
+def _feature_jacobian_products(features_fn, params, num_features, block_size):
+  """(times, t_times, P) for J_φ = ∂φ/∂w at `params` [N·D, P], by blocks of block_size samples.
+
+  times(x: [n, ...], m: [P, k]) -> J_φ(x) m: [n·D, k]; t_times(x, m: [n·D, k]) -> J_φ(x)ᵀ m:
+  [P, k]; rows i·D + a (sample i, feature a). Only one block's Jacobian [block_size·D, P]
+  exists at a time. Blocks are padded to block_size samples (repeating the last one, whose
+  rows are dropped or met by zeros) so that each product compiles once.
+  """
+  flat, unravel = ravel_pytree(params)
+  jac = jax.vmap(jax.jacrev(lambda p, x: features_fn(unravel(p), x[None])[0]), in_axes=(None, 0))
+  rows = lambda x: jac(flat, x).reshape(-1, flat.size)  # [b·D, P]
+  times_block = jax.jit(lambda x, m: rows(x) @ m)
+  t_times_block = jax.jit(lambda x, m: rows(x).T @ m)
+  d = num_features
+
+  def padded(x, a, b):
+    return np.concatenate([x[a:b], np.repeat(x[b - 1:b], block_size - (b - a), axis=0)])
+
+  def times(x, m):
+    out = [np.asarray(times_block(padded(x, a, b), m))[:(b - a) * d]
+           for a, b in _blocks(len(x), block_size)]
+    return np.concatenate(out) if out else np.zeros((0, m.shape[1]), m.dtype)
+
+  def t_times(x, m):
+    acc = np.zeros((flat.size, m.shape[1]), m.dtype)
+    for a, b in _blocks(len(x), block_size):
+      mb = np.zeros((block_size * d, m.shape[1]), m.dtype)
+      mb[:(b - a) * d] = m[a * d:b * d]
+      acc += np.asarray(t_times_block(padded(x, a, b), mb))
+    return acc
+  return times, t_times, flat.size
+
+
+def _orthonormal(y: np.ndarray) -> np.ndarray:
+  """An orthonormal basis [m, min(m, k)] of the columns of y [m, k] (QR in float64)."""
+  return np.linalg.qr(y.astype(np.float64))[0].astype(y.dtype)
+
+
+def feature_factors(features_fn: Callable, params: PyTree, x_train: np.ndarray,
+                    x_test: np.ndarray, *, rank: int, key: jax.Array, block_size: int = 100,
+                    power_iters: int = 1, progress: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """The leading directions of the backbone feature kernel G, by a randomised SVD of J_φ.
+
+  G[i, j] = ∂φ(x_i)/∂w (∂φ(x_j)/∂w)ᵀ ([D, D] blocks; the head's columns of J_φ are zero, so
+  w may hold it) is [N·D, N·D], too large to form at N·D in the tens of thousands; J_φ
+  [N·D, P] is never held whole either: each pass over a set recomputes its row blocks and
+  multiplies them by a [P, k] or [N·D, k] matrix (`_feature_jacobian_products`). With a
+  Gaussian Ω [P, rank] from `key`: Y = J_φ Ω, then `power_iters` times Y = J_φ J_φᵀ orth(Y)
+  (sharper directions where G's spectrum decays slowly), Q = orth(Y) [N·D, R], and the thin
+  SVD J_φᵀ Q = V S Uᵀ (Halko, Martinsson & Tropp 2011, Algorithms 4.4 and 5.1). Then
+    Z_train = Q U S:   Z_train Z_trainᵀ = Q Qᵀ G Q Qᵀ,
+    Z_test = J_φ(x_test) V:   Z_test Z_trainᵀ = G[test, train] Q Qᵀ,
+  so G's leading R directions, and G itself when rank >= N·D (Q Qᵀ = I). Cost: 2 + 2
+  power_iters passes over the training set and one over the test set, each D backward
+  passes per sample plus a [block·D, P] × [P, R] product per block.
+
+  Args:
+    features_fn: features_fn(params, x) -> [n, D], per-sample (BatchNorm frozen).
+    params: w0; x_train: [N, ...]; x_test: [N_test, ...].
+    rank: R, the directions found (at most min(N·D, P) are). Memory: a few [P, R] and
+      [N·D, R] arrays besides one block's Jacobian.
+    key: PRNG key of Ω.
+    block_size: samples per Jacobian block.
+
+  Returns:
+    (z_train [N, D, R], z_test [N_test, D, R]), columns by decreasing singular value S.
+  """
+  if not (isinstance(rank, (int, np.integer)) and rank >= 1):
+    raise ValueError(f'rank must be a positive integer, got rank={rank!r}')
+  n, d = len(x_train), int(jax.eval_shape(features_fn, params, x_train[:1]).shape[-1])
+  times, t_times, p = _feature_jacobian_products(features_fn, params, d, block_size)
+  dtype = np.asarray(jax.tree.leaves(params)[0]).dtype
+  bar = tqdm.tqdm(total=3 + 2 * power_iters, desc='feature kernel', disable=not progress,
+                  leave=False)
+  omega = np.asarray(jax.random.normal(key, (p, rank), dtype))
+  y = times(x_train, omega)  # [N·D, rank]
+  bar.update(1)
+  for _ in range(power_iters):
+    y = times(x_train, t_times(x_train, _orthonormal(y)))
+    bar.update(2)
+  q = _orthonormal(y)
+  v, s, ut = np.linalg.svd(t_times(x_train, q), full_matrices=False)  # J_φᵀ Q = V S Uᵀ
+  bar.update(1)
+  z_train = (q @ ut.T * s).reshape(n, d, -1)
+  z_test = times(x_test, v.astype(dtype)).reshape(len(x_test), d, -1)
+  bar.update(1)
+  bar.close()
+  return z_train.astype(dtype), z_test
+
+
+def feature_rank_errors(k_train_train: np.ndarray, features_train: np.ndarray,
+                        head_kernel: np.ndarray, z_train: np.ndarray) -> np.ndarray:
+  """The error of the exact-feature kernel at w0 at each rank r = 1..R, measured against Θ(w0).
+
+  With f = Wᵀ φ + b, Θ(w0) = (ΦΦᵀ + 1) ⊗ I_C + (I ⊗ Wᵀ) G (I ⊗ W); keeping Z's first r
+  columns gives Θ_r with G ≈ Z_r Z_rᵀ. Returns ‖Θ_r - Θ(w0)‖_F / ‖Θ(w0) - (ΦΦᵀ + 1) ⊗ I_C‖_F:
+  relative to the backbone part, the part Z must explain (relative to all of Θ(w0) it is
+  small whenever the fresh head's part dominates, however poor Z is). 1 at r = 0; accurate
+  to about 1e-8 (from a difference of squares).
+
+  Args:
+    k_train_train: [N, N, C, C] Θ(w0); features_train: [N, D]; head_kernel: [D, C] W_0;
+    z_train: [N, D, R].
+
+  Returns:
+    [R] errors, float64.
+  """
+  k = np.asarray(k_train_train, np.float64)
+  n, _, c, _ = k.shape
+  phi = np.asarray(features_train, np.float64)
+  backbone = flatten(k - (phi @ phi.T + 1.0)[:, :, None, None] * np.eye(c))  # [N·C, N·C]
+  a = np.einsum('ndr,dc->ncr', np.asarray(z_train, np.float64),
+                np.asarray(head_kernel, np.float64)).reshape(n * c, -1)  # Θ_r's part: A_r A_rᵀ
+  # ‖E - A_r A_rᵀ‖² = ‖E‖² - 2 Σ_{l<=r} a_lᵀ E a_l + Σ_{l,m<=r} (a_lᵀ a_m)², for every r at once.
+  linear = np.cumsum(np.sum(a * (backbone @ a), 0))
+  quadratic = np.diagonal(np.cumsum(np.cumsum((a.T @ a) ** 2, 0), 1))
+  sq = np.sum(backbone**2)
+  return np.sqrt(np.maximum(sq - 2.0 * linear + quadratic, 0.0) / sq)
+
+
+def with_feature_factors(lin: Linearization, features_fn: Callable, params: PyTree,
+                         x_train: np.ndarray, x_test: np.ndarray, *, rank: int, tol: float,
+                         key: jax.Array, block_size: int = 100, power_iters: int = 1,
+                         progress: bool = False) -> Linearization:
+  """`lin` with what 'head_exact' needs: G's leading directions, the rank chosen by its error.
+
+  `feature_factors` finds `rank` directions; `feature_rank_errors` measures the kernel at w0
+  at each rank against lin's Θ(w0); tol > 0 keeps the fewest leading directions whose error
+  is <= tol (all of them, with an error above tol, if none is), tol = 0 keeps all. The
+  errors at every rank are kept in lin.feature_rank_errors ([rank], one per rank found),
+  the rank kept is lin.feature_factors_train.shape[-1].
+
+  Args:
+    lin: a linearisation made with features_fn (ntk.linearize(..., features_fn=...)) at params.
+    x_train, x_test, block_size, power_iters, progress: as `feature_factors`.
+  """
+  if not lin.head_aware:
+    raise ValueError('with_feature_factors needs a linearisation made with features_fn')
+  if not (isinstance(tol, (int, float)) and 0.0 <= tol < 1.0):
+    raise ValueError(f'tol must be in [0, 1), got tol={tol!r}')
+  z_train, z_test = feature_factors(features_fn, params, x_train, x_test, rank=rank, key=key,
+                                    block_size=block_size, power_iters=power_iters,
+                                    progress=progress)
+  errors = feature_rank_errors(lin.full_kernels()[0], lin.features_train, lin.head_kernel, z_train)
+  met = np.flatnonzero(errors <= tol)
+  keep = int(met[0]) + 1 if tol > 0 and len(met) else len(errors)
+  return dataclasses.replace(lin, feature_factors_train=z_train[..., :keep],
+                             feature_factors_test=z_test[..., :keep], feature_rank_errors=errors)
 
 
 def nt_available() -> bool:

@@ -82,7 +82,7 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
     per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt, sampling=ft.sampling,
                               **low_rank),
                   'replay': dict(orders=orders, **low_rank), 'full_batch': low_rank,
-                  'head_aware': dict(orders=orders)}
+                  'head_aware': dict(orders=orders), 'head_exact': dict(orders=orders)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
           lin, task.y_train, task.y_test, configs, method=m, **per_method.get(m, {}), **common)]
@@ -107,6 +107,25 @@ def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test
                       features_fn=features_fn, sketch_dim=k.sketch_dim,
                       sketch_key=jax.random.key(k.sketch_seed), progress=progress)
   wd.write_npz(path, config_hash=kernel_hash, **lin.arrays())
+  return lin
+
+
+FEATURE_FIELDS = ('feature_factors_train', 'feature_factors_test', 'feature_rank_errors')
+
+
+def cached_feature_factors(path: str, factors_hash: str, lin: ntk.Linearization, features_fn,
+                           params, x_train, x_test, pc, block_size: int, progress: bool = True,
+                           reuse: bool = True) -> ntk.Linearization:
+  """ntk.with_feature_factors with the settings of a `predict` config block, reused from
+  `path` (an npz) when it was written for `factors_hash` (and `reuse`)."""
+  cached = wd.load_if_hash(path, factors_hash) if reuse else None
+  if cached is not None:
+    return dataclasses.replace(lin, **{k: cached[k] for k in FEATURE_FIELDS})
+  lin = ntk.with_feature_factors(lin, features_fn, params, x_train, x_test,
+                                 rank=pc.feature_rank, tol=pc.feature_rank_tol,
+                                 key=jax.random.key(pc.feature_seed), block_size=block_size,
+                                 progress=progress)
+  wd.write_npz(path, config_hash=factors_hash, **{k: getattr(lin, k) for k in FEATURE_FIELDS})
   return lin
 
 
@@ -242,6 +261,15 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
   lin = cached_kernel(os.path.join(workdir, 'kernel.npz'), kernel_hash, apply_fn, params,
                       task.x_train, task.x_test, config.kernel, features_fn, progress, reuse)
   kernel_report = ntk.check_kernel(lin.k_train_train)
+  if 'head_exact' in pc.methods:
+    factors_hash = wd.config_hash({'kernel': kernel_hash, **{
+        f: pc[f] for f in ('feature_rank', 'feature_rank_tol', 'feature_seed')}})
+    lin = cached_feature_factors(os.path.join(workdir, 'feature_factors.npz'), factors_hash,
+                                 lin, features_fn, params, task.x_train, task.x_test, pc,
+                                 config.kernel.block_size, progress, reuse)
+    rank = lin.feature_factors_train.shape[-1]
+    kernel_report.update(feature_rank=rank,
+                         feature_rank_error=float(lin.feature_rank_errors[rank - 1]))
 
   # Same batch orders for the real runs and the replaying simulators.
   orders = [np.stack([sgd.batch_order(jax.random.fold_in(keys['order'], s), len(task.x_train),

@@ -22,10 +22,11 @@ from ntk_time import sgd
 from ntk_time import summary as summary_lib
 from ntk_time import times as times_lib
 
-# The simulated predictors. 'sde', 'replay' and 'head_aware' are the methods; 'full_batch'
-# (the deterministic B = N limit of 'replay') and 'nt_gradient_descent' (neural-tangents'
-# own gradient flow, needs neural-tangents) are also the reference baselines.
-METHODS = ('sde', 'replay', 'head_aware', 'full_batch', 'nt_gradient_descent')
+# The simulated predictors. 'sde', 'replay', 'head_aware' and 'head_exact' are the methods;
+# 'full_batch' (the deterministic B = N limit of 'replay') and 'nt_gradient_descent'
+# (neural-tangents' own gradient flow, needs neural-tangents) are also the reference baselines.
+METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'full_batch', 'nt_gradient_descent')
+HEAD_METHODS = ('head_aware', 'head_exact')  # the head trained exactly, the features linearised
 LOW_RANK_METHODS = ('sde', 'replay', 'full_batch')  # those that take dynamics.low_rank's basis
 CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 QUANTILES = (0.05, 0.5, 0.95)
@@ -129,11 +130,13 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     y_train: [N] and y_test: [N_test] int labels.
     configs: the grid; each config's steps is its horizon.
     key: PRNG key, folded with the config's index (needed for 'sde', and for
-      'replay' / 'head_aware' unless every order is given).
+      'replay' and the head methods unless every order is given).
     method: 'sde' (the paper's SDE, num_paths paths), 'replay' (the exact
       minibatch simulator on `orders[i]` [S, T, B], or num_paths orders drawn
       from key), 'head_aware' (dynamics.simulate_head_aware on orders like
-      'replay'; needs a linearisation made with features_fn), 'full_batch' (the
+      'replay'; needs a linearisation made with features_fn), 'head_exact'
+      (dynamics.simulate_head_exact likewise, with the whole feature kernel; needs
+      ntk.with_feature_factors), 'full_batch' (the
       deterministic B = N limit of 'replay'), 'nt_gradient_descent'
       (neural-tangents' gradient flow with momentum: no noise, no weight decay).
     loss, eval_every, targets: see dynamics / times.Targets.
@@ -145,7 +148,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       batch size is checked against it.
     sampling: how the minibatches are drawn (sgd.batch_order): 'epoch' or 'iid'.
       The SDE's noise models it (dynamics.simulate_sde); orders drawn here for
-      'replay' / 'head_aware' use it.
+      'replay' and the head methods use it.
     rank: > 0: the methods of LOW_RANK_METHODS simulate with the leading `rank`
       eigenpairs of the kernel, Θ ≈ U Λ Uᵀ (dynamics.low_rank: O(N·C·k) a step
       instead of (N·C)²; of K for a class-traced kernel); 0: the dense kernel.
@@ -195,17 +198,24 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
                 y_train=y_train, jw0_train=lin.jw0_train.astype(dtype),
                 k_test_train=k_st.astype(dtype), fx_test_0=lin.fx_test_0.astype(dtype),
                 y_test=y_test, jw0_test=lin.jw0_test.astype(dtype))
-  if method == 'head_aware':
+  if method in HEAD_METHODS:
     if not lin.head_aware:
-      raise ValueError("method 'head_aware' needs ntk.linearize(..., features_fn=...)")
-    k_phi, k_phi_st = lin.feature_kernels()
-    head_arrays = dict(k_phi=k_phi.astype(dtype), features_train_0=lin.features_train.astype(dtype),
+      raise ValueError(f'method {method!r} needs ntk.linearize(..., features_fn=...)')
+    if method == 'head_exact' and lin.feature_factors_train is None:
+      raise ValueError("method 'head_exact' needs the feature kernel's factors: "
+                       'ntk.with_feature_factors(lin, ...)')
+    if method == 'head_aware':
+      k_phi, k_phi_st = lin.feature_kernels()
+      kernels = dict(k_phi=k_phi.astype(dtype), k_phi_test=k_phi_st.astype(dtype))
+    else:
+      kernels = dict(feature_factors=lin.feature_factors_train.astype(dtype),
+                     feature_factors_test=lin.feature_factors_test.astype(dtype))
+    head_arrays = dict(features_train_0=lin.features_train.astype(dtype),
                        y_train=y_train, head_kernel=lin.head_kernel.astype(dtype),
                        head_bias=lin.head_bias.astype(dtype),
                        jw0_features_train=lin.jw0_features_train.astype(dtype),
-                       k_phi_test=k_phi_st.astype(dtype),
                        features_test_0=lin.features_test.astype(dtype), y_test=y_test,
-                       jw0_features_test=lin.jw0_features_test.astype(dtype))
+                       jw0_features_test=lin.jw0_features_test.astype(dtype), **kernels)
   if method == 'nt_gradient_descent' and not ntk.nt_available():
     raise ValueError("method 'nt_gradient_descent' needs neural-tangents, which does not "
                      'import here (it needs jax <= 0.5.x)')
@@ -224,7 +234,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     start = time.perf_counter()
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
                   weight_decay=hp.weight_decay, **arrays)
-    if method in ('replay', 'head_aware'):
+    if method in ('replay',) + HEAD_METHODS:
       if orders is not None and orders[i] is not None:
         o = np.asarray(orders[i])
       else:
@@ -234,8 +244,10 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       curves = sde_curves[i]
     elif method == 'replay':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
-    elif method == 'head_aware':
-      curves, _, _ = dynamics.simulate_head_aware(
+    elif method in HEAD_METHODS:
+      simulate = (dynamics.simulate_head_aware if method == 'head_aware'
+                  else dynamics.simulate_head_exact)
+      curves, _, _ = simulate(
           o, lrs, loss=loss, eval_every=eval_every, momentum=hp.momentum, nesterov=hp.nesterov,
           weight_decay=hp.weight_decay, **head_arrays)
     elif no_batches in deterministic:  # the same configuration but for B: the same curves

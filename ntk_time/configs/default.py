@@ -94,6 +94,11 @@ def get_config() -> mlc.ConfigDict:
       # fixes k; rank_tol > 0 takes the smallest k whose bound on the training-loss error
       # (dynamics.truncation_bounds, loss units like eps) is below it, since a fixed k
       # means nothing across kernels. Both 0: the dense kernel, exact, and cheap at the
-      # demo's N·C = 2,500.
-      rank=0, rank_tol=0.0))
+      # demo's N·C = 1,000.
+      rank=0, rank_tol=0.0,
+      # 'head_exact' only: the feature kernel G's leading feature_rank directions, by a
+      # randomised SVD from feature_seed (ntk.feature_factors), of which the fewest are kept
+      # whose kernel at w0 is within feature_rank_tol of Θ(w0)'s backbone part (relative
+      # Frobenius error, ntk.feature_rank_errors; 0: keep them all).
+      feature_rank=1000, feature_rank_tol=0.0, feature_seed=0))
   return c
