@@ -102,7 +102,8 @@ def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test
   lin = ntk.linearize(apply_fn, params, x_train, x_test, implementation=k.implementation,
                       traced=k.traced, block_size=k.block_size, memory_gb=k.memory_gb,
                       features_fn=features_fn, sketch_dim=k.sketch_dim,
-                      sketch_key=jax.random.key(k.sketch_seed), progress=progress)
+                      sketch_key=jax.random.key(k.sketch_seed), sketch_kind=k.sketch_kind,
+                      progress=progress)
   wd.write_npz(path, config_hash=kernel_hash, **lin.arrays())
   return lin
 
