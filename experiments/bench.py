@@ -7,8 +7,9 @@ Prints and writes to JSON, so that commits can be compared:
   1. the kernel against this machine's limit: one batched vmap(jacrev) pass
      over the data plus one J Jᵀ matmul, and the FLOP/s of the kernel's Gram
      product against a plain matmul of the same size (aim: within 1.5×);
-  2. random projections: kernel error (relative Frobenius) and time for
-     several sketch sizes k, and the effect on a predicted T_eps;
+  2. random projections, Gaussian and sparse sign side by side: kernel error
+     (relative Frobenius) and time for several sketch sizes k, and the error of
+     the predicted T_eps and level times against the exact kernel's;
   3. predicting a grid of 8 and 32 configurations against fine-tuning them
      (aim: ≥ 30× for 8, ≥ 100× for 32); fine-tuning cost is its measured
      seconds per compiled step × steps, evaluation excluded;
@@ -108,29 +109,41 @@ def limit(task, params, apply_fn) -> dict:
 
 
 def projections(task, params, apply_fn, sketches, steps) -> dict:
-  """Part 2: sketched kernels against the exact one (error, time, predicted T_eps)."""
+  """Part 2: sketched kernels of each kind against the exact one, side by side (relative
+  Frobenius error, time, and the predicted T_eps and level times against the exact
+  kernel's)."""
   lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False)
   exact = ntk.flatten(lin.k_train_train)
   hp = sgd.SGD(lr=0.01, batch_size=25, steps=steps, momentum=0.9)
 
-  def t_eps(k):
+  def predicted_times(k):  # {definition: steps or None}, None where the SDE diverged
     l2 = ntk.Linearization(k, lin.k_test_train, lin.fx_train_0, lin.fx_test_0, lin.jw0_train,
                            lin.jw0_test)
     [r] = predict.predict(l2, task.y_train, task.y_test, [hp], key=jax.random.key(0),
                           method='sde', loss='cross_entropy', eval_every=20,
                           targets=times.Targets(), num_paths=16)
-    return None if r.diverged else r.times['t_eps'].value
+    return {d: None if r.diverged else t.value for d, t in r.times.items()}
 
-  out = {'exact_seconds': lin.seconds, 'exact_t_eps': t_eps(lin.k_train_train), 'sketches': []}
-  for k in sketches:
-    t0 = time.perf_counter()
-    ks, _ = ntk.empirical_ntk(apply_fn, params, task.x_train, block_size=100, sketch_dim=k,
-                              sketch_key=jax.random.key(1))
-    secs = time.perf_counter() - t0
-    out['sketches'].append({'k': k, 'seconds': secs, 'time_ratio': secs / lin.seconds,
-                            'rel_frobenius_error': float(np.linalg.norm(ntk.flatten(ks) - exact)
-                                                         / np.linalg.norm(exact)),
-                            't_eps': t_eps(ks)})
+  def time_errors(got, ref):
+    return {d: None if got[d] is None or not ref[d] else abs(got[d] - ref[d]) / ref[d]
+            for d in ref}
+
+  exact_times = predicted_times(lin.k_train_train)
+  out = {'exact_seconds': lin.seconds, 'exact_t_eps': exact_times['t_eps'],
+         'exact_times': exact_times, 'sketches': []}
+  for kind in ntk.SKETCH_KINDS:
+    for k in sketches:
+      t0 = time.perf_counter()
+      ks, _ = ntk.empirical_ntk(apply_fn, params, task.x_train, block_size=100, sketch_dim=k,
+                                sketch_key=jax.random.key(1), sketch_kind=kind)
+      secs = time.perf_counter() - t0
+      got = predicted_times(ks)
+      out['sketches'].append({'kind': kind, 'k': k, 'seconds': secs,
+                              'time_ratio': secs / lin.seconds,
+                              'rel_frobenius_error': float(np.linalg.norm(ntk.flatten(ks) - exact)
+                                                           / np.linalg.norm(exact)),
+                              't_eps': got['t_eps'], 'times': got,
+                              'time_errors': time_errors(got, exact_times)})
   return out
 
 
@@ -290,9 +303,9 @@ def main(_):
                                              [int(k) for k in _SKETCHES.value], _STEPS.value)
     print(f"2. exact kernel {r['exact_seconds']:.1f} s, predicted T_eps {r['exact_t_eps']}")
     for s in r['sketches']:
-      print(f"   k={s['k']:6d}: {s['seconds']:6.1f} s ({s['time_ratio']:.2f}× exact), "
-            f"relative error {s['rel_frobenius_error']:.3f}, predicted T_eps {s['t_eps']}",
-            flush=True)
+      print(f"   {s['kind']:11s} k={s['k']:6d}: {s['seconds']:6.1f} s ({s['time_ratio']:.2f}× "
+            f"exact), relative error {s['rel_frobenius_error']:.3f}, predicted T_eps {s['t_eps']}"
+            f", time errors {s['time_errors']}", flush=True)
   if '3' in parts:
     results['grid_cost'] = r = grid_cost(task, params, apply_fn, _STEPS.value)
     for kernel in ('full', 'traced'):

@@ -130,6 +130,9 @@ def check(config) -> list[sgd.SGD]:
   _positive_int(k.drift_samples, 'kernel.drift_samples', minimum=0)
   _positive_int(k.sketch_dim, 'kernel.sketch_dim', minimum=0)
   _positive_int(k.sketch_seed, 'kernel.sketch_seed', minimum=0)
+  if k.sketch_kind not in ntk.SKETCH_KINDS:
+    raise ValueError(f'unknown kernel.sketch_kind={k.sketch_kind!r}; expected one of '
+                     f'{ntk.SKETCH_KINDS}')
   if k.sketch_dim and k.implementation != 'direct':
     raise ValueError(f'kernel.sketch_dim={k.sketch_dim} needs kernel.implementation=\'direct\', '
                      f'got {k.implementation!r}')

@@ -125,15 +125,39 @@ def _blocks(n: int, size: int):
 
 
 SKETCH_CHUNK = 4096  # rows of the sketch Π generated at a time: Π is never held at P × k
+SKETCH_KINDS = ('gaussian', 'sparse_sign')
 
 
-def sketch_fn(num_params: int, dim: int, key: jax.Array) -> Callable:
-  """project(j: [b, C, P]) -> j Π: [b, C, dim], Π [P, dim] with N(0, 1/dim) entries.
+def sketch_fn(num_params: int, dim: int, key: jax.Array, kind: str = 'gaussian') -> Callable:
+  """project(j: [b, C, P]) -> j Π: [b, C, dim], for a random Π [P, dim] never stored.
 
-  Π is generated SKETCH_CHUNK rows at a time from `key` and the row block's
-  index, so every call (train or test samples) sees the same Π without it
-  being stored; E[Π Πᵀ] = I, so (JΠ)(JΠ)ᵀ is an unbiased estimate of J Jᵀ.
+  kind='gaussian': Π has N(0, 1/dim) entries, generated SKETCH_CHUNK rows at a
+  time from `key` and the row block's index; the projection costs b·C·P·dim.
+  kind='sparse_sign': a CountSketch, one ±1 per row of Π: parameter p adds
+  s_p J[:, p] to column h_p, with h_p uniform in [0, dim) and s_p = ±1 drawn
+  from `key`; one scatter-add of the block, b·C·P, whatever dim.
+  Either way every call (train or test samples, any block) sees the same Π and
+  E[Π Πᵀ] = I, so (JΠ)(JΠ)ᵀ is an unbiased estimate of J Jᵀ. Expected squared
+  error ‖(JΠ)(JΠ)ᵀ − J Jᵀ‖²_F, Θ = J Jᵀ: (tr(Θ)² + ‖Θ‖²_F) / dim for the
+  Gaussian, that minus 2 Σ_p ‖J[:, p]‖⁴ / dim for the sparse sign (a parameter
+  never collides with itself).
   """
+  if kind not in SKETCH_KINDS:
+    raise ValueError(f'unknown sketch kind {kind!r}; expected one of {SKETCH_KINDS}')
+  if kind == 'sparse_sign':
+    key_bucket, key_sign = jax.random.split(key)
+
+    @jax.jit
+    def count_sketch(j):
+      b, c, p = j.shape
+      # Drawn inside the jit from the key rather than captured: no [P] constants to
+      # compile, and the same h and s for every block.
+      buckets = jax.random.randint(key_bucket, (p,), 0, dim)
+      signs = jax.random.rademacher(key_sign, (p,), j.dtype)
+      cols = (j * signs).reshape(b * c, p).T  # [P, b·C]: segment_sum adds rows
+      return jax.ops.segment_sum(cols, buckets, num_segments=dim).T.reshape(b, c, dim)
+    return count_sketch
+
   chunks = -(-num_params // SKETCH_CHUNK)
 
   @jax.jit
@@ -153,7 +177,7 @@ def sketch_fn(num_params: int, dim: int, key: jax.Array) -> Callable:
 
 
 def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, sketch_dim=0,
-            sketch_key=None, num_devices=None):
+            sketch_key=None, num_devices=None, sketch_kind='gaussian'):
   mesh = devices.mesh(num_devices)
   d = mesh.devices.size
   spec, rows = devices.P, devices.P('d')
@@ -164,7 +188,7 @@ def _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, ske
   jac_local = jax.vmap(jax.jacrev(one), in_axes=(None, 0))  # [b, ...] -> [b, C, P]
   if sketch_dim:
     # Projected on the device that computed it: a block is never gathered at full P.
-    project = sketch_fn(flat.size, sketch_dim, sketch_key)
+    project = sketch_fn(flat.size, sketch_dim, sketch_key, sketch_kind)
     jac_local = lambda p, x, f=jac_local: project(f(p, x))
   jac = devices.per_device(jac_local, mesh, (spec(), rows), rows)
   n, nt_ = len(x_train), len(x_test)
@@ -235,7 +259,8 @@ def empirical_ntk(apply_fn: Callable, params: PyTree, x_train: np.ndarray,
                   x_test: np.ndarray | None = None, *, implementation: str = 'direct',
                   traced: bool = False, block_size: int = 100, progress: bool = False,
                   sketch_dim: int = 0, sketch_key: jax.Array | None = None,
-                  num_devices: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  sketch_kind: str = 'gaussian', num_devices: int | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
   """k_train_train [N, N, C, C] and k_test_train [N_test, N, C, C] ([.., N] if traced).
 
   Args:
@@ -247,8 +272,9 @@ def empirical_ntk(apply_fn: Callable, params: PyTree, x_train: np.ndarray,
     traced: the class-traced kernel tr(Θ_ij)/C instead of the full one.
     block_size: samples per Jacobian block.
     sketch_dim: k > 0: the random-projection estimate (JΠ)(JΠ)ᵀ with a
-      [P, k] Gaussian sketch from `sketch_key` (`sketch_fn`), which stores J Π
-      ([N, C, k]) instead of J; 0: the exact kernel. Direct path only.
+      [P, k] sketch of `sketch_kind` (one of SKETCH_KINDS, see `sketch_fn`) from
+      `sketch_key`, which stores J Π ([N, C, k]) instead of J; 0: the exact
+      kernel. Direct path only.
     num_devices: direct path: spread the samples of each Jacobian block and the
       columns of J Jᵀ over the first `num_devices` devices (None: all; over
       several processes, all devices of all of them, and every process must
@@ -266,10 +292,12 @@ def empirical_ntk(apply_fn: Callable, params: PyTree, x_train: np.ndarray,
                      f'{implementation!r}')
   if sketch_dim and sketch_key is None:
     raise ValueError('sketch_dim > 0 needs a sketch_key')
+  if sketch_kind not in SKETCH_KINDS:
+    raise ValueError(f'unknown sketch_kind={sketch_kind!r}; expected one of {SKETCH_KINDS}')
   x_test = x_train[:0] if x_test is None else x_test
   if implementation == 'direct':
     return _direct(apply_fn, params, x_train, x_test, traced, block_size, progress, sketch_dim,
-                   sketch_key, num_devices)
+                   sketch_key, num_devices, sketch_kind)
   return _neural_tangents(apply_fn, params, x_train, x_test, traced, block_size, implementation)
 
 
@@ -294,7 +322,8 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
               implementation: str = 'direct', traced: bool = False, block_size: int = 100,
               memory_gb: float = 8.0, features_fn: Callable | None = None,
               sketch_dim: int = 0, sketch_key: jax.Array | None = None,
-              num_devices: int | None = None, progress: bool = True) -> Linearization:
+              sketch_kind: str = 'gaussian', num_devices: int | None = None,
+              progress: bool = True) -> Linearization:
   """Kernel, initial outputs and J w0 of `apply_fn` at `params` on train and test.
 
   With `features_fn(params, x) -> [n, D]` (the features under a Dense head
@@ -302,8 +331,8 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
   J w0, and the head.
 
   Says how much memory it needs before it starts and raises MemoryError, with
-  the numbers, if that exceeds `memory_gb`. sketch_dim, sketch_key and
-  num_devices: see `empirical_ntk`.
+  the numbers, if that exceeds `memory_gb`. sketch_dim, sketch_key, sketch_kind
+  and num_devices: see `empirical_ntk`.
   """
   # Over several processes, all of them linearise process 0's weights on its data.
   params, x_train, x_test = devices.same_everywhere((params, x_train, x_test))
@@ -319,12 +348,13 @@ def linearize(apply_fn: Callable, params: PyTree, x_train: np.ndarray, x_test: n
   if progress:
     print(f'kernel: N={len(x_train)}, N_test={len(x_test)}, C={num_classes}, P={p:,}, '
           f'{implementation}{" traced" if traced else ""}'
-          f'{f" sketched to k={sketch_dim}" if sketch_dim else ""}, about {need / 2**30:.2f} GiB')
+          f'{f" sketched ({sketch_kind}) to k={sketch_dim}" if sketch_dim else ""}, about '
+          f'{need / 2**30:.2f} GiB')
   start = time.perf_counter()
   k_tt, k_st = empirical_ntk(apply_fn, params, x_train, x_test, implementation=implementation,
                              traced=traced, block_size=block_size, progress=progress,
                              sketch_dim=sketch_dim, sketch_key=sketch_key,
-                             num_devices=num_devices)
+                             sketch_kind=sketch_kind, num_devices=num_devices)
   lin = Linearization(
       k_train_train=k_tt, k_test_train=k_st,
       fx_train_0=outputs(apply_fn, params, x_train), fx_test_0=outputs(apply_fn, params, x_test),

@@ -118,17 +118,19 @@ def test_bench_runs_on_tiny_sizes(monkeypatch):
   seconds per step it measured."""
   from experiments import bench  # pylint: disable=g-import-not-at-top
   from ntk_time import ntk  # pylint: disable=g-import-not-at-top
-  computed = []  # (sketch_dim, k_train_train) of every kernel the benchmark computes
+  computed = []  # ((sketch_dim, kind), k_train_train) of every kernel the benchmark computes
   linearize, empirical_ntk = ntk.linearize, ntk.empirical_ntk
 
   def linearize_spy(*args, **kwargs):
     lin = linearize(*args, **kwargs)
-    computed.append((kwargs.get('sketch_dim', 0), lin.k_train_train))
+    computed.append(((kwargs.get('sketch_dim', 0), kwargs.get('sketch_kind', 'gaussian')),
+                     lin.k_train_train))
     return lin
 
   def empirical_ntk_spy(*args, **kwargs):
     out = empirical_ntk(*args, **kwargs)
-    computed.append((kwargs.get('sketch_dim', 0), out[0]))
+    computed.append(((kwargs.get('sketch_dim', 0), kwargs.get('sketch_kind', 'gaussian')),
+                     out[0]))
     return out
   monkeypatch.setattr(ntk, 'linearize', linearize_spy)
   monkeypatch.setattr(ntk, 'empirical_ntk', empirical_ntk_spy)
@@ -137,14 +139,18 @@ def test_bench_runs_on_tiny_sizes(monkeypatch):
   computed.clear()
   proj = bench.projections(task, params, apply_fn, [64], steps=20)
   kernels = {d: k for d, k in computed if k.shape == (100, 100, 5, 5)}
-  assert sorted(kernels) == [0, 64]
-  exact, sketched = ntk.flatten(kernels[0]).astype(np.float64), ntk.flatten(kernels[64])
-  err = proj['sketches'][0]['rel_frobenius_error']
-  assert err == pytest.approx(np.linalg.norm(sketched - exact) / np.linalg.norm(exact),
-                              rel=1e-6)
-  # A Gaussian sketch's expected squared error: (tr(Θ)² / ‖Θ‖²_F + 1) / k; one draw.
-  expected = np.sqrt((np.trace(exact) ** 2 / np.linalg.norm(exact) ** 2 + 1) / 64)
-  assert expected / 2 < err < 2 * expected, (err, expected)  # measured 0.97 expected
+  assert sorted(kernels) == [(0, 'gaussian'), (64, 'gaussian'), (64, 'sparse_sign')]
+  exact = ntk.flatten(kernels[0, 'gaussian']).astype(np.float64)
+  assert [(s['kind'], s['k']) for s in proj['sketches']] == [(kind, 64) for kind in ntk.SKETCH_KINDS]
+  for s in proj['sketches']:
+    sketched = ntk.flatten(kernels[64, s['kind']])
+    err = s['rel_frobenius_error']
+    assert err == pytest.approx(np.linalg.norm(sketched - exact) / np.linalg.norm(exact),
+                                rel=1e-5)  # the bench subtracts in float32
+    # Either sketch's expected squared error: about (tr(Θ)² / ‖Θ‖²_F + 1) / k; one draw.
+    expected = np.sqrt((np.trace(exact) ** 2 / np.linalg.norm(exact) ** 2 + 1) / 64)
+    assert expected / 2 < err < 2 * expected, (s['kind'], err, expected)
+    assert set(s['time_errors']) == set(proj['exact_times'])
   cost = bench.grid_cost(task, params, apply_fn, steps=20)
   sps = cost['seconds_per_step']
   for kernel in ('full', 'traced'):

@@ -69,6 +69,7 @@ CONFIG_CASES = [
     ('model.name', 'ResNet9', ValueError, "unknown model.name='ResNet9'"),
     ('kernel.implementation', 'fast', ValueError, "unknown kernel.implementation='fast'"),
     ('kernel.memory_gb', -1.0, ValueError, 'kernel.memory_gb=-1.0'),
+    ('kernel.sketch_kind', 'count', ValueError, "unknown kernel.sketch_kind='count'"),
     ('pretrain.lr', 0.0, ValueError, 'pretrain.lr=0.0'),
     ('pretrain.batch_size', 500, ValueError,
      r'pretrain.batch_size=500 is larger .* \(source.n_train=200\)'),

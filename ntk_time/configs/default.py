@@ -73,9 +73,10 @@ def get_config() -> mlc.ConfigDict:
       block_size=100,           # samples per Jacobian block (see experiments/bench_kernel.py)
       memory_gb=8.0,            # refuse to start a kernel that needs more than this
       drift_samples=100,        # samples on which the kernel drift of each real run is measured
-      # k > 0: the random-projection estimate (JΠ)(JΠ)ᵀ with a [P, k] Gaussian sketch
-      # from sketch_seed, never stored (ntk.sketch_fn); 0: the exact kernel.
-      sketch_dim=0, sketch_seed=0))
+      # k > 0: the random-projection estimate (JΠ)(JΠ)ᵀ with a [P, k] sketch from
+      # sketch_seed, never stored (ntk.sketch_fn); 0: the exact kernel. sketch_kind:
+      # 'gaussian' (costs N·C·P·k) or 'sparse_sign' (a CountSketch, N·C·P).
+      sketch_dim=0, sketch_seed=0, sketch_kind='gaussian'))
 
   c.predict = mlc.ConfigDict(dict(
       # Compared side by side; the first is the headline (its cost is the prediction's).
