@@ -3,7 +3,8 @@ r"""Figure 4: what the SDE's noise term buys as the batch shrinks (SDE vs the fu
   python -m experiments.fig_batch_size --config=ntk_time/configs/fig_batch_size.py \
       --workdir=workdirs/batch_size
 
-Fashion-MNIST 5–9 at N = 500, 28×28 (the previous demo target), lr = 0.01, m = 0, B ∈ {10, 25, 50, 100, 250, 500} (B = N
+Fashion-MNIST 5–9 at N = 500, 28×28 (the previous demo target), lr = 0.01, m = 0,
+B ∈ {10, 25, 50, 100, 250, 500} (B = N
 is full-batch gradient descent, where the two coincide), predicted by the SDE,
 the ODE (`full_batch`) and the exact replay. About 10 minutes on 2 CPU cores.
 """

@@ -3,7 +3,8 @@ r"""Figure 3: configurations with the same effective learning rate η/(1−m) tr
   python -m experiments.fig_effective_lr --config=ntk_time/configs/fig_effective_lr.py \
       --workdir=workdirs/effective_lr
 
-Fashion-MNIST 5–9 at N = 500, 28×28 (the previous demo target), lr ∈ {0.001, 0.002, 0.01} × m ∈ {0, 0.5, 0.9} at B = 25:
+Fashion-MNIST 5–9 at N = 500, 28×28 (the previous demo target),
+lr ∈ {0.001, 0.002, 0.01} × m ∈ {0, 0.5, 0.9} at B = 25:
 three pairs share η/(1−m) (0.002, 0.01, 0.02). About 10 minutes on 2 CPU cores.
 """
 
