@@ -4,8 +4,8 @@ r"""Figure 1: real vs predicted training loss and accuracy, with the SDE's 5–9
 
 The experiments of figure 2 (ntk_time/configs/fig_times.py): run in the same
 workdir, everything is reused and only the figure is drawn. `show` picks grid
-points (product order lr × B × m): by default lr=0.003 B=10 m=0,
-lr=0.003 B=50 m=0.9, lr=0.01 B=10 m=0.9 and lr=0.01 B=50 m=0.
+points (product order lr × B × m): by default lr=0.001 B=10 m=0,
+lr=0.001 B=50 m=0.9, lr=0.02 B=10 m=0.9 and lr=0.02 B=50 m=0.
 """
 
 import ml_collections as mlc
