@@ -1,6 +1,6 @@
 r"""Cost benchmark: ratios measured side by side in one run on this machine (`make bench`).
 
-  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--parts=1,2,3,4,5]
+  python -m experiments.bench [--sizes=250,500,1000,2000,4000] [--parts=1,2,3,5]
                               [--out=workdirs/bench.json]
 
 Prints and writes to JSON, so that commits can be compared:
@@ -10,12 +10,14 @@ Prints and writes to JSON, so that commits can be compared:
   2. random projections, Gaussian and sparse sign side by side: kernel error
      (relative Frobenius) and time for several sketch sizes k, and the error of
      the predicted T_eps and level times against the exact kernel's;
-  3. predicting a grid of 8 and 32 configurations against fine-tuning them
-     (aim: ≥ 30× for 8, ≥ 100× for 32); fine-tuning cost is its measured
-     seconds per compiled step × steps, evaluation excluded;
-  4. kernel time and memory against N (C = 5; exact up to N = `--exact_max`,
-     sketched beyond) and against C (N = `--n`), and SDE steps per second
-     against N·C;
+  3. predicting the demo's grid of 8 and a grid of 32 configurations (the demo's
+     horizon) against fine-tuning them (aim: ≥ 30× for 8, ≥ 100× for 32), with
+     the full and the class-traced kernel, the dense and the low-rank SDE
+     (`--rank_tol`); prediction = kernel + SDE + step timing, fine-tuning =
+     measured seconds per compiled step × steps, evaluation excluded;
+  4. (only with --parts=4: it takes longer than the rest) kernel time and
+     memory against N (C = 5; exact up to N = `--exact_max`, sketched beyond)
+     and against C (N = 500), at 28×28, and SDE steps per second against N·C;
   5. the low-rank SDE (dynamics.low_rank, `--ranks`) against the dense one on a
      cached kernel (`--kernel`, the demo's by default): simulation speed-up
      with and without XLA compilation (each simulation compiles afresh), curve
@@ -23,9 +25,11 @@ Prints and writes to JSON, so that commits can be compared:
      predicted T_eps difference and the bound β_k (dynamics.truncation_bounds),
      over a grid of 4 at m = 0 (lr 0.003, 0.01 × B 10, 50), 16 paths each.
 Model: the default ResNet-8 with random weights (costs do not depend on the
-values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed).
+values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed), for
+parts 1–3 on the demo's target size (N = 200 at 14×14) and horizon (1,200 steps).
 """
 
+import dataclasses
 import json
 import os
 import time
@@ -50,14 +54,17 @@ from ntk_time import workdir as wd
 from ntk_time.configs import default
 
 _SIZES = flags.DEFINE_list('sizes', ['250', '500', '1000', '2000', '4000'], 'N for the table')
-_N = flags.DEFINE_integer('n', 500, 'N for parts 1-3')
+_N = flags.DEFINE_integer('n', default.get_config().target.n_train,
+                          "N for parts 1-3 (the demo target's, at its image size)")
 _EXACT_MAX = flags.DEFINE_integer('exact_max', 1000,
                                    'part 4: the exact kernel up to N·C = 5 × this, sketched beyond')
 _CLASSES = flags.DEFINE_list('class_counts', ['2', '5', '10'], 'part 4: C at N = --n')
 _SKETCHES = flags.DEFINE_list('sketches', ['256', '1024', '4096', '16384'], 'sketch sizes k')
-_STEPS = flags.DEFINE_integer('steps', 400, 'horizon of the predicted grids')
+_STEPS = flags.DEFINE_integer('steps', default.get_config().finetune.steps,
+                              "horizon of the predicted grids (the demo's)")
+_RANK_TOL = flags.DEFINE_float('rank_tol', 0.01, 'part 3: the low-rank SDE\'s predict.rank_tol')
 _SOURCE = flags.DEFINE_string('source', 'fashion_mnist', "'fashion_mnist' or 'digits'")
-_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '4', '5'], 'which parts to run (numbers below)')
+_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '5'], 'which parts to run (numbers above)')
 _KERNEL = flags.DEFINE_string('kernel', 'workdirs/default/kernel.npz',
                               "part 5: a kernel cache of pipeline.cached_kernel, made on the "
                               "default config's target set")
@@ -71,9 +78,12 @@ def _timed(f, *args):
   return out, time.perf_counter() - t0
 
 
-def _setup(n, source, num_classes=5):
-  classes = tuple(range(10 - num_classes, 10))  # 5–9 by default
-  src = data.load_source(source, image_size=28 if source == 'digits' else None)
+def _setup(n, source, num_classes=5, image_size=None):
+  """The target task (classes 5–9 by default) and a random-weight ResNet-8 on it;
+  image_size None: the source's own (28 for Fashion-MNIST, digits upscaled to 28)."""
+  classes = tuple(range(10 - num_classes, 10))
+  size = image_size or (28 if source == 'digits' else None)
+  src = data.load_source(source, image_size=size)
   task = data.make_task(src, classes, n_train=n, n_test=50, seed=1)
   model = models.create_model('ResNet8', len(classes))
   variables = models.init_variables(model, jax.random.key(0), task.x_train.shape[1:])
@@ -147,46 +157,61 @@ def projections(task, params, apply_fn, sketches, steps) -> dict:
   return out
 
 
-def grid_cost(task, params, apply_fn, steps) -> dict:
-  """Part 3: predicting 8 and 32 configurations vs fine-tuning them, with the full and the
-  class-traced kernel; and the grid of 8 simulated one configuration at a time."""
-  lrs, bs = (0.001, 0.003, 0.01, 0.03), (25, 100)
-  grids = {8: [sgd.SGD(lr=lr, batch_size=b, steps=steps, momentum=m)
-               for lr in lrs[1:3] for b in bs for m in (0.0, 0.9)],
+def grid_cost(task, params, apply_fn, steps, rank_tol) -> dict:
+  """Part 3: predicting the demo's grid of 8 and a grid of 32 vs fine-tuning them, with the
+  full and the class-traced kernel, the dense SDE and the low-rank one (rank_tol).
+
+  Prediction = kernel + SDE + the step timing `pipeline.predicted` does (one compiled
+  step per batch size, 5 timed); fine-tuning = measured seconds per compiled step ×
+  steps, evaluation excluded.
+  """
+  ft = default.get_config().finetune
+  grids = {8: [dataclasses.replace(hp, steps=steps) for hp in sgd.grid(ft)],
            32: [sgd.SGD(lr=lr, batch_size=b, steps=steps, momentum=m)
-                for lr in lrs for b in bs for m in (0.0, 0.5, 0.8, 0.9)]}
-  sps = {b: finetune.seconds_per_step(apply_fn, params, task,
-                                      sgd.SGD(lr=1e-3, batch_size=b, steps=1),
-                                      loss='cross_entropy', key=jax.random.key(b), repeats=20)
-         for b in bs}
+                for lr in (0.001, 0.003, 0.01, 0.02) for b in ft.batch_size
+                for m in (0.0, 0.5, 0.8, 0.9)]}
+  t0 = time.perf_counter()
+  sps = {b: finetune.step_cost(apply_fn, params, task, sgd.SGD(lr=1e-3, batch_size=b, steps=1),
+                               loss='cross_entropy', key=jax.random.key(b))[0]
+         for b in ft.batch_size}
+  timing = time.perf_counter() - t0
+  # The fine-tuning side from a longer timing of the same steps.
+  sps_train = {b: finetune.step_cost(apply_fn, params, task,
+                                     sgd.SGD(lr=1e-3, batch_size=b, steps=1), loss='cross_entropy',
+                                     key=jax.random.key(b), repeats=50)[0]
+               for b in ft.batch_size}
   common = dict(key=jax.random.key(0), method='sde', loss='cross_entropy', eval_every=20,
                 targets=times.Targets(), num_paths=16)
-  out = {'seconds_per_step': sps, 'n': len(task.x_train)}
+  out = {'n': len(task.x_train), 'steps': steps, 'image_shape': list(task.x_train.shape[1:]),
+         'seconds_per_step': sps_train, 'step_timing_seconds': timing, 'rank_tol': rank_tol}
   t_eps = {}
   for kernel in ('full', 'traced'):
     lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, traced=kernel == 'traced',
                         progress=False)
     res = out[kernel] = {'kernel_seconds': lin.seconds}
     for size, grid in grids.items():
-      preds = predict.predict(lin, task.y_train, task.y_test, grid, **common)
-      sim = sum(p.seconds for p in preds)
-      train = sum(sps[hp.batch_size] * hp.steps for hp in grid)
-      res[f'grid_{size}'] = {'simulation_seconds': sim, 'train_seconds': train,
-                             'predict_seconds': lin.seconds + sim,
-                             'ratio': train / (lin.seconds + sim),
-                             'ratio_bound_free_simulation': train / lin.seconds}
-      t_eps[kernel, size] = [None if p.diverged else p.times['t_eps'].value
-                             for p in preds]
-    if kernel == 'full':  # as before the grid was one simulation; simulation seconds only
-      res['grid_8_one_at_a_time_simulation_seconds'] = sum(
-          p.seconds for hp in grids[8]
-          for p in predict.predict(lin, task.y_train, task.y_test, [hp], **common))
-  diffs = [abs(a - b) / b for a, b in zip(t_eps['traced', 32], t_eps['full', 32])
-           if a is not None and b]
-  out['traced_vs_full_t_eps'] = {
-      'median_relative_difference': float(np.median(diffs)) if diffs else None,
-      'max_relative_difference': float(np.max(diffs)) if diffs else None,
-      'compared': len(diffs), 'full': t_eps['full', 32], 'traced': t_eps['traced', 32]}
+      train = sum(sps_train[hp.batch_size] * hp.steps for hp in grid)
+      for sim_name, low in (('dense', {}), ('low_rank', {'rank_tol': rank_tol})):
+        t0 = time.perf_counter()
+        preds = predict.predict(lin, task.y_train, task.y_test, grid, **low, **common)
+        sim = time.perf_counter() - t0  # with λ_max and, for low_rank, the eigenbasis
+        cost = lin.seconds + sim + timing
+        res[f'grid_{size}_{sim_name}'] = {
+            'simulation_seconds': sim, 'train_seconds': train, 'predict_seconds': cost,
+            'ratio': train / cost, 'rank': preds[0].rank,
+            'ratio_bound_kernel_only': train / lin.seconds}
+        t_eps[kernel, size, sim_name] = [None if p.diverged else p.times['t_eps'].value
+                                         for p in preds]
+
+  def differences(key):  # predicted T_eps against the full kernel's dense SDE, grid of 32
+    d = [abs(a - b) / b for a, b in zip(t_eps[key], t_eps['full', 32, 'dense'])
+         if a is not None and b]
+    return {'median_relative_difference': float(np.median(d)) if d else None,
+            'max_relative_difference': float(np.max(d)) if d else None, 'compared': len(d)}
+
+  out['t_eps_vs_full_dense'] = {f'{k}_{s}': differences((k, 32, s))
+                                for k in ('full', 'traced') for s in ('dense', 'low_rank')
+                                if (k, s) != ('full', 'dense')}
   return out
 
 
@@ -291,7 +316,8 @@ def main(_):
   results = {'jax': jax.__version__, 'devices': [str(d) for d in jax.local_devices()]}
   parts = set(_PARTS.value)
   if parts & {'1', '2', '3'}:
-    task, params, apply_fn = _setup(_N.value, _SOURCE.value)
+    task, params, apply_fn = _setup(_N.value, _SOURCE.value,
+                                    image_size=default.get_config().target.image_size)
   if '1' in parts:
     results['limit'] = r = limit(task, params, apply_fn)
     print(f"1. kernel {r['kernel_seconds']:.1f} s vs limit {r['limit_seconds']:.1f} s (Jacobian "
@@ -307,26 +333,28 @@ def main(_):
             f"exact), relative error {s['rel_frobenius_error']:.3f}, predicted T_eps {s['t_eps']}"
             f", time errors {s['time_errors']}", flush=True)
   if '3' in parts:
-    results['grid_cost'] = r = grid_cost(task, params, apply_fn, _STEPS.value)
+    results['grid_cost'] = r = grid_cost(task, params, apply_fn, _STEPS.value,
+                                         _RANK_TOL.value)
+    print(f"3. N = {r['n']}, {r['steps']} steps; step timing {r['step_timing_seconds']:.1f} s; "
+          f"seconds per step {r['seconds_per_step']}", flush=True)
     for kernel in ('full', 'traced'):
       for size in (8, 32):
-        g, k = r[kernel][f'grid_{size}'], r[kernel]
-        print(f"3. {kernel} kernel, grid of {size}: predict {g['predict_seconds']:.1f} s (kernel "
-              f"{k['kernel_seconds']:.1f} + SDE {g['simulation_seconds']:.1f}) vs fine-tune "
-              f"{g['train_seconds']:.1f} s: {g['ratio']:.1f}× cheaper (aim {30 if size == 8 else 100}"
-              f"×; {g['ratio_bound_free_simulation']:.1f}× with a free simulation)", flush=True)
-    print(f"   grid of 8 one configuration at a time: SDE "
-          f"{r['full']['grid_8_one_at_a_time_simulation_seconds']:.1f} s vs "
-          f"{r['full']['grid_8']['simulation_seconds']:.1f} s as one simulation")
-    d = r['traced_vs_full_t_eps']
-    print(f"   traced vs full kernel, predicted T_eps over the grid of 32: median relative "
-          f"difference {d['median_relative_difference']}, max {d['max_relative_difference']} "
-          f"({d['compared']} compared)", flush=True)
+        for sim in ('dense', 'low_rank'):
+          g, k = r[kernel][f'grid_{size}_{sim}'], r[kernel]
+          print(f"   {kernel:6s} kernel, {sim:8s} SDE (rank {g['rank']}), grid of {size}: predict "
+                f"{g['predict_seconds']:.1f} s (kernel {k['kernel_seconds']:.1f} + SDE "
+                f"{g['simulation_seconds']:.1f} + timing) vs fine-tune {g['train_seconds']:.1f} s:"
+                f" {g['ratio']:.1f}× cheaper (aim {30 if size == 8 else 100}×; "
+                f"{g['ratio_bound_kernel_only']:.1f}× if only the kernel cost)", flush=True)
+    for name, d in r['t_eps_vs_full_dense'].items():
+      print(f"   {name} vs full dense, predicted T_eps over the grid of 32: median relative "
+            f"difference {d['median_relative_difference']}, max {d['max_relative_difference']} "
+            f"({d['compared']} compared)", flush=True)
   if '4' in parts:
     print('4. scaling')
     results['scaling'] = scaling(_SOURCE.value, [int(n) for n in _SIZES.value], _EXACT_MAX.value,
                                  _STEPS.value, class_counts=[int(c) for c in _CLASSES.value],
-                                 n_classes=_N.value)
+                                 n_classes=500)
   if '5' in parts:
     results['low_rank'] = r = low_rank(_KERNEL.value, [int(k) for k in _RANKS.value], _STEPS.value)
     print(f"5. low-rank SDE, N·C = {r['n'] * r['c']}, grid of 4 × 16 paths, {r['steps']} steps: "

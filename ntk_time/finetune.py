@@ -222,41 +222,30 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
   return result
 
 
-def seconds_per_step(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, loss: str,
-                     key: jax.Array, repeats: int = 5) -> float:
-  """Seconds of one compiled real training step at hp.batch_size on this machine.
+def step_cost(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, loss: str,
+              key: jax.Array, repeats: int = 5) -> tuple[float, float]:
+  """(seconds, FLOPs) of one compiled real training step at hp.batch_size on this machine.
 
-  Times `repeats` steps after one compiling step, on random batches of `task`:
-  what turns predicted steps into predicted seconds without running the
+  One compilation serves both: XLA's cost analysis counts the FLOPs (with one timed
+  step, the cost of a step at any batch size), and `repeats` steps of the compiled
+  executable on random batches of `task`, after one untimed warm-up, give the median
+  seconds: what turns predicted steps into predicted seconds without running the
   fine-tuning itself.
   """
   tx = sgd.make_optimizer(hp)
-  step = jax.jit(train_step_fn(apply_fn, tx, loss))
   state = (params, tx.init(params))
   idx = np.asarray(jax.random.choice(key, len(task.x_train), (repeats + 1, hp.batch_size)))
   x, y = jnp.asarray(task.x_train), jnp.asarray(task.y_train)
+  step = jax.jit(train_step_fn(apply_fn, tx, loss)).lower(state, (x[idx[0]], y[idx[0]])).compile()
+  cost = step.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
   jax.block_until_ready(step(state, (x[idx[0]], y[idx[0]])))
   times = []
   for i in idx[1:]:
     t0 = time.perf_counter()
     jax.block_until_ready(step(state, (x[i], y[i])))
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
-
-
-def step_flops(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, *, loss: str) -> float:
-  """FLOPs of one compiled real training step at hp.batch_size, from XLA's cost analysis.
-
-  With one timed step to convert FLOPs to seconds, the cost of a step at any
-  batch size without timing it (`compare.py` reports this beside the timing).
-  """
-  tx = sgd.make_optimizer(hp)
-  step = jax.jit(train_step_fn(apply_fn, tx, loss))
-  x = jnp.zeros((hp.batch_size, *task.x_train.shape[1:]), jnp.float32)
-  y = jnp.zeros((hp.batch_size,), jnp.int32)
-  cost = step.lower((params, tx.init(params)), (x, y)).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # a list in older jax
-  return float(cost['flops'])
+  return float(np.median(times)), float(cost['flops'])
 
 
 def init_head(variables: PyTree, features_fn: Callable, task, head_init: str, *, loss: str,

@@ -218,11 +218,11 @@ def _step_timings(apply_fn, params, task, configs, loss, key):
   first = {}
   for hp in configs:
     first.setdefault(hp.batch_size, hp)
-  measured = {b: finetune.seconds_per_step(apply_fn, params, task, hp, loss=loss,
-                                           key=jax.random.fold_in(key, b))
-              for b, hp in first.items()}
-  flops = {b: finetune.step_flops(apply_fn, params, task, hp, loss=loss)
-           for b, hp in first.items()}
+  cost = {b: finetune.step_cost(apply_fn, params, task, hp, loss=loss,
+                                key=jax.random.fold_in(key, b))
+          for b, hp in first.items()}
+  measured = {b: c[0] for b, c in cost.items()}
+  flops = {b: c[1] for b, c in cost.items()}
   ref = next(iter(first))
   per_flop = measured[ref] / flops[ref]
   return ([measured[hp.batch_size] for hp in configs],

@@ -1,5 +1,6 @@
 """Real fine-tuning: it learns, replays exactly, and its optimiser is the one written down."""
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -41,9 +42,13 @@ def test_loss_decreases_and_order_replays_exactly(tiny_task, tmp_path):
   assert first > 5 * a['seconds_per_step'] > 0, (first, a['seconds_per_step'])
   assert a['wall_seconds'] > a['train_seconds']
   # ... and it is the cost of a step measured on its own (within a loaded machine's noise).
-  alone = finetune.seconds_per_step(apply_fn, params, task, hp, loss='cross_entropy',
+  alone, flops = finetune.step_cost(apply_fn, params, task, hp, loss='cross_entropy',
                                     key=jax.random.key(3))
   assert alone / 5 < a['seconds_per_step'] < 5 * alone, (alone, a['seconds_per_step'])
+  # XLA's count grows with the batch (the optimiser's update is the same at every B).
+  _, flops_2b = finetune.step_cost(apply_fn, params, task, dataclasses.replace(hp, batch_size=20),
+                                   loss='cross_entropy', key=jax.random.key(3), repeats=1)
+  assert 1.7 < flops_2b / flops < 2.0, (flops, flops_2b)
 
 
 def test_replay_tracks_the_real_resnet_over_a_long_horizon_at_a_tiny_learning_rate(tiny_task):

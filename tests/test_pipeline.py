@@ -19,19 +19,17 @@ matplotlib.use('Agg')
 
 
 def test_step_timing_times_each_batch_size_once(monkeypatch):
-  """One timing and one FLOP count per batch size, with its first configuration's
+  """One timing and FLOP count (one compilation) per batch size, with its first configuration's
   optimiser; FLOP seconds calibrated by the first batch size's timing."""
-  timed, counted = [], []
-  monkeypatch.setattr(pipeline.finetune, 'seconds_per_step',
-                      lambda apply_fn, params, task, hp, **kw: timed.append(hp) or hp.batch_size)
-  monkeypatch.setattr(pipeline.finetune, 'step_flops',
-                      lambda apply_fn, params, task, hp, **kw: counted.append(hp) or
-                      10.0 * hp.batch_size + (hp.momentum > 0))
+  timed = []
+  monkeypatch.setattr(pipeline.finetune, 'step_cost',
+                      lambda apply_fn, params, task, hp, **kw: timed.append(hp) or
+                      (hp.batch_size, 10.0 * hp.batch_size + (hp.momentum > 0)))
   grid = [sgd.SGD(lr=lr, batch_size=b, steps=10, momentum=m, weight_decay=w)
           for lr in (0.1, 0.01) for b in (5, 10) for m in (0.0, 0.9) for w in (0.0, 1e-3)]
   measured, flop_seconds, flops = pipeline._step_timings(  # pylint: disable=protected-access
       None, None, None, grid, 'mse', key=np.zeros(2, np.uint32))
-  assert [hp.batch_size for hp in timed] == [5, 10] and timed == counted
+  assert [hp.batch_size for hp in timed] == [5, 10]
   assert timed == [grid[0], grid[4]]  # each batch size's first configuration, as given
   assert measured == [hp.batch_size for hp in grid]
   # FLOP seconds are calibrated by the first batch size's timing: 5 s for 50 FLOPs.
