@@ -39,6 +39,9 @@ QUANTILES = (0.05, 0.5, 0.95)
 # 0.95 of the stable level at η a = 2.1 and lower beyond (0.64 at 2.5).
 CATAPULT_MARGIN = 0.1
 CATAPULT_TRIES = 10
+# The steps of the unclipped replay searched for the spike (_catapult): the uv model's spike
+# comes at step 4-23 over its whole window (measured, n = 4,000).
+SPIKE_STEPS = 50
 
 
 def to_seconds(steps: float | None, seconds_per_step: float) -> float | None:
@@ -97,8 +100,14 @@ def _catapult(hp: sgd.SGD, lrs: np.ndarray, max_eig: float, n: int, loss: str, k
     but the minibatches' own curvature makes the replay diverge), then CATAPULT_TRIES - 1
     times lower by the same factor while it still diverges; diverging at every cap, or at
     or above the edge: diverges (curves None).
-  The catapult itself (its few steps of spike) is not simulated: the clipped replay starts
-  from F_0.
+  The catapult itself is not simulated: the clipped replay starts from F_0. Its spike is
+  predicted from the replay on Θ itself (mean over paths, every step, the first
+  SPIKE_STEPS): the kernel is taken to fall as soon as the unstable modes make the loss
+  rise, so the spike is that replay's first rise, the first step t >= 1 with
+  L_t > L_{t-1} (spike_step, spike_loss L_t; None where it does not rise). In the uv
+  model the loss grows on until the kernel has moved by O(1), after a number of steps
+  that grows with the width; the kernel at w0 holds no width, and on the test case
+  (fashion_mse, lr 0.01, m = 0, README) the real loss rose for one step only.
   Cross-entropy: the replay on Θ, always. Its curvature falls with the loss, so the linear
   model already spikes and converges above its limit without a change of kernel (README),
   and its real kernels grow, not shrink (DESIGN §3.5).
@@ -106,24 +115,25 @@ def _catapult(hp: sgd.SGD, lrs: np.ndarray, max_eig: float, n: int, loss: str, k
   Args:
     hp, lrs: the configuration and its [T] learning rates; max_eig: λ_max(Θ); n: N.
     kernels: (k_train_train, k_test_train) as the replay takes them.
-    replay: kernels or None (Θ itself) -> the replay's curves ([S, E] each).
+    replay: (kernels or None (Θ itself), steps or None) -> the replay's curves ([S, E]
+      each); with steps, of the first `steps` steps, every step.
 
   Returns:
     (curves or None, info): info has linear_limit and edge (learning rates), stable_eig λ_s
-    and cap (kernel units, cap None where Θ was not clipped) and clipped (how many
-    eigenvalues were lowered).
+    and cap (kernel units, cap None where Θ was not clipped), clipped (how many
+    eigenvalues were lowered), spike_step and spike_loss (None without a clip).
   """
   kw = dict(momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay)
   peak = float(np.max(lrs))
   linear = dynamics.lr_limit('replay', max_eig, n, loss, **kw)
   info = dict(linear_limit=linear, edge=dynamics.lr_limit('catapult', max_eig, n, loss, **kw),
-              stable_eig=None, cap=None, clipped=0)
+              stable_eig=None, cap=None, clipped=0, spike_step=None, spike_loss=None)
   if losses.check(loss) != 'mse':
-    return replay(None), info
+    return replay(None, None), info
   if peak >= info['edge']:
     return None, info
   if peak <= linear:
-    curves = replay(None)
+    curves = replay(None, None)
     if not _diverged(curves):
       return curves, info
   h = dynamics.curvature_bound(loss)
@@ -135,9 +145,14 @@ def _catapult(hp: sgd.SGD, lrs: np.ndarray, max_eig: float, n: int, loss: str, k
   for _ in range(CATAPULT_TRIES):
     cap *= 1.0 - CATAPULT_MARGIN
     k_tt, k_st, clipped = dynamics.clip_kernel(*kernels, cap)
-    curves = replay((k_tt, k_st))
+    curves = replay((k_tt, k_st), None)
     if not _diverged(curves):
       info.update(cap=cap, clipped=clipped)
+      start = np.mean(np.asarray(replay(None, min(SPIKE_STEPS, len(lrs)))['train_loss'],
+                                 np.float64), 0)
+      rise = np.flatnonzero(np.diff(start) > 0)
+      if rise.size:
+        info.update(spike_step=int(rise[0] + 1), spike_loss=float(start[rise[0] + 1]))
       return curves, info
   return None, info
 
@@ -316,10 +331,12 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     elif method == 'replay':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
     elif method == 'catapult':
-      def replay(kernels, o=o, lrs=lrs, hp=hp, common=common):
+      def replay(kernels, first, o=o, lrs=lrs, hp=hp, common=common):
         if kernels is not None:
           common = {**common, 'k_train_train': kernels[0].astype(dtype),
                     'k_test_train': kernels[1].astype(dtype)}
+        if first is not None:
+          o, lrs, common = o[:, :first], lrs[:first], {**common, 'eval_every': 1}
         return jax.device_get(dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)[0])
       curves, catapult = _catapult(hp, lrs, max_eig, n, loss, exact_kernels, replay)
     elif method in HEAD_METHODS:

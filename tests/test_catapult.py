@@ -167,3 +167,20 @@ def test_prediction_json_round_trip():
   [cat] = _predict(lin, y, yt, [hp], 'catapult', num_paths=1)
   back = summary_lib.Prediction.from_json(cat.to_json())
   assert back.to_json() == cat.to_json() and back.catapult['cap'] == cat.catapult['cap']
+
+
+def test_the_spike_is_the_first_rise_of_the_unclipped_replay():
+  lin, y, yt = _lin()
+  n = len(y)
+  hp = sgd.SGD(lr=1.5 * dynamics.lr_limit('replay', _max_eig(lin), n, 'mse'), batch_size=n,
+               steps=60)
+  [cat] = _predict(lin, y, yt, [hp], 'catapult', num_paths=1)
+  with enable_x64():
+    linear, _, _ = dynamics.simulate_full_batch(
+        np.full(predict.SPIKE_STEPS, hp.lr), lin.k_train_train, lin.fx_train_0, y, loss='mse',
+        eval_every=1)
+  loss = np.asarray(linear['train_loss'][0])
+  t = int(np.flatnonzero(np.diff(loss) > 0)[0] + 1)
+  assert cat.catapult['spike_step'] == t and t < predict.SPIKE_STEPS
+  assert cat.catapult['spike_loss'] == pytest.approx(loss[t], rel=1e-9)
+  assert loss[t] > loss[t - 1]
