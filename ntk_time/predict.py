@@ -99,7 +99,8 @@ def _catapult(hp: sgd.SGD, lrs: np.ndarray, max_eig: float, n: int, loss: str, k
     eigenvalue at which η is the linear limit; λ_max itself where the linear limit is met
     but the minibatches' own curvature makes the replay diverge), then CATAPULT_TRIES - 1
     times lower by the same factor while it still diverges; diverging at every cap, or at
-    or above the edge: diverges (curves None).
+    or above the edge: diverges (curves None). A clipped replay counts as converging where
+    it does not diverge and every path ends below its initial loss.
   The catapult itself is not simulated: the clipped replay starts from F_0. Its spike is
   predicted from the replay on Θ itself (mean over paths, every step, the first
   SPIKE_STEPS): the kernel is taken to fall as soon as the unstable modes make the loss
@@ -146,7 +147,10 @@ def _catapult(hp: sgd.SGD, lrs: np.ndarray, max_eig: float, n: int, loss: str, k
     cap *= 1.0 - CATAPULT_MARGIN
     k_tt, k_st, clipped = dynamics.clip_kernel(*kernels, cap)
     curves = replay((k_tt, k_st), None)
-    if not _diverged(curves):
+    loss_t = np.asarray(curves['train_loss'], np.float64)
+    # Accepted only if every path ends below its start: a clipped kernel on which the
+    # minibatches still grow the loss slowly (below _diverged's 10×) is not stable either.
+    if not _diverged(curves) and np.all(loss_t[:, -1] <= loss_t[:, 0]):
       info.update(cap=cap, clipped=clipped)
       start = np.mean(np.asarray(replay(None, min(SPIKE_STEPS, len(lrs)))['train_loss'],
                                  np.float64), 0)

@@ -2,12 +2,15 @@
 the linear limit, 'replay' on a clipped kernel between it and the catapult's edge, and a
 divergence above the edge."""
 
+import os
+
 import jax
 import numpy as np
 import pytest
 
 from ntk_time import dynamics
 from ntk_time import ntk
+from ntk_time import pipeline
 from ntk_time import predict
 from ntk_time import sgd
 from ntk_time import summary as summary_lib
@@ -184,3 +187,21 @@ def test_the_spike_is_the_first_rise_of_the_unclipped_replay():
   assert cat.catapult['spike_step'] == t and t < predict.SPIKE_STEPS
   assert cat.catapult['spike_loss'] == pytest.approx(loss[t], rel=1e-9)
   assert loss[t] > loss[t - 1]
+
+
+def test_pipeline_on_the_smoke_config(smoke_config, tmp_path):
+  smoke_config.predict.methods = ('catapult', 'replay')
+  s = pipeline.run(smoke_config, str(tmp_path), progress=False)
+  assert s.methods[0] == 'catapult'
+  for row in s.configs:
+    p = row.predicted['catapult']
+    assert p.catapult is not None and p.lr_limit >= p.catapult['linear_limit']
+    assert 'catapult' in row.errors
+    if p.catapult['cap'] is None and not p.diverged:  # below the limit: the replay itself
+      np.testing.assert_array_equal(p.curves['train_loss'].mean,
+                                    row.predicted['replay'].curves['train_loss'].mean)
+  assert summary_lib.Summary.read(str(tmp_path)).to_json() == s.to_json()
+  with open(os.path.join(str(tmp_path), 'summary.csv')) as f:
+    assert 'catapult' in f.read()
+  assert 'catapult' in pipeline.format_table(s)
+  assert 'catapult' in '\n'.join(pipeline.markdown_table({'smoke': s}))  # experiments.report
