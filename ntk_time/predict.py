@@ -25,11 +25,23 @@ from ntk_time import times as times_lib
 # The simulated predictors. 'sde', 'replay', 'head_aware' and 'head_exact' are the methods;
 # 'full_batch' (the deterministic B = N limit of 'replay') and 'nt_gradient_descent'
 # (neural-tangents' own gradient flow, needs neural-tangents) are also the reference baselines.
-METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'full_batch', 'nt_gradient_descent')
+# 'catapult' is 'replay' on a kernel whose top is clipped where a real net catapults (MSE).
+METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'catapult', 'full_batch',
+           'nt_gradient_descent')
 HEAD_METHODS = ('head_aware', 'head_exact')  # the head trained exactly, the features linearised
 LOW_RANK_METHODS = ('sde', 'replay', 'full_batch')  # those that take dynamics.low_rank's basis
 CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 QUANTILES = (0.05, 0.5, 0.95)
+# The catapult's kernel: its top clipped to (1 - CATAPULT_MARGIN) × the stable level, at most
+# CATAPULT_TRIES times lower each try while the replay still diverges. A mode left at the
+# stable level itself never decays (|1 - η λ/N| = 1 at m = 0); 10% below, its error falls by
+# 0.8 a step, 10⁻² within 20 steps. In the uv model (dynamics.CATAPULT_EDGE) the top ends at
+# 0.95 of the stable level at η a = 2.1 and lower beyond (0.64 at 2.5).
+CATAPULT_MARGIN = 0.1
+CATAPULT_TRIES = 10
+# The steps of the unclipped replay searched for the spike (_catapult): the uv model's spike
+# comes at step 4-23 over its whole window (measured, n = 4,000).
+SPIKE_STEPS = 50
 
 
 def to_seconds(steps: float | None, seconds_per_step: float) -> float | None:
@@ -71,6 +83,82 @@ def _diverged(curves: dict) -> bool:
   if not np.all(np.isfinite(loss)):
     return True
   return bool(np.any(loss > 10.0 * np.maximum(loss[:, :1], 1.0)))
+
+
+def _catapult(hp: sgd.SGD, lrs: np.ndarray, max_eig: float, n: int, loss: str, kernels,
+              replay) -> tuple[dict | None, dict]:
+  """The 'catapult' method's curves of one configuration, and what its model decided.
+
+  Under MSE, where the linear model diverges (at its peak learning rate η) and η is below
+  the catapult's edge (dynamics.lr_limit 'catapult'), a real net converges after a loss
+  spike that lowers the top of its kernel to where η is stable (Lewkowycz et al. 2020). So:
+  - the replay on Θ itself where it does not diverge (at η below the linear limit it always
+    does this, and is then exactly 'replay');
+  - else, below the edge, the replay on Θ with its eigenvalues above a cap lowered to it
+    (dynamics.clip_kernel): first (1 - CATAPULT_MARGIN) × the stable level λ_s (the
+    eigenvalue at which η is the linear limit; λ_max itself where the linear limit is met
+    but the minibatches' own curvature makes the replay diverge), then CATAPULT_TRIES - 1
+    times lower by the same factor while it still diverges; diverging at every cap, or at
+    or above the edge: diverges (curves None). A clipped replay counts as converging where
+    it does not diverge and every path ends below its initial loss.
+  The catapult itself is not simulated: the clipped replay starts from F_0. Its spike is
+  predicted from the replay on Θ itself (mean over paths, every step, the first
+  SPIKE_STEPS): the kernel is taken to fall as soon as the unstable modes make the loss
+  rise, so the spike is that replay's first rise, the first step t >= 1 with
+  L_t > L_{t-1} (spike_step, spike_loss L_t; None where it does not rise). In the uv
+  model the loss grows on until the kernel has moved by O(1), after a number of steps
+  that grows with the width; the kernel at w0 holds no width, and on the test case
+  (fashion_mse, lr 0.01, m = 0, README) the real loss rose for one step only.
+  Cross-entropy: the replay on Θ, always. Its curvature falls with the loss, so the linear
+  model already spikes and converges above its limit without a change of kernel (README),
+  and its real kernels grow, not shrink (DESIGN §3.5).
+
+  Args:
+    hp, lrs: the configuration and its [T] learning rates; max_eig: λ_max(Θ); n: N.
+    kernels: (k_train_train, k_test_train) as the replay takes them.
+    replay: (kernels or None (Θ itself), steps or None) -> the replay's curves ([S, E]
+      each); with steps, of the first `steps` steps, every step.
+
+  Returns:
+    (curves or None, info): info has linear_limit and edge (learning rates), stable_eig λ_s
+    and cap (kernel units, cap None where Θ was not clipped), clipped (how many
+    eigenvalues were lowered), spike_step and spike_loss (None without a clip).
+  """
+  kw = dict(momentum=hp.momentum, nesterov=hp.nesterov, weight_decay=hp.weight_decay)
+  peak = float(np.max(lrs))
+  linear = dynamics.lr_limit('replay', max_eig, n, loss, **kw)
+  info = dict(linear_limit=linear, edge=dynamics.lr_limit('catapult', max_eig, n, loss, **kw),
+              stable_eig=None, cap=None, clipped=0, spike_step=None, spike_loss=None)
+  if losses.check(loss) != 'mse':
+    return replay(None, None), info
+  if peak >= info['edge']:
+    return None, info
+  if peak <= linear:
+    curves = replay(None, None)
+    if not _diverged(curves):
+      return curves, info
+  h = dynamics.curvature_bound(loss)
+  a_max = h * max_eig / n + hp.weight_decay
+  info['stable_eig'] = stable = (a_max * linear / peak - hp.weight_decay) * n / h
+  if stable <= 0.0:  # weight decay alone is past the limit: no kernel can make it stable
+    return None, info
+  cap = min(stable, max_eig)
+  for _ in range(CATAPULT_TRIES):
+    cap *= 1.0 - CATAPULT_MARGIN
+    k_tt, k_st, clipped = dynamics.clip_kernel(*kernels, cap)
+    curves = replay((k_tt, k_st), None)
+    loss_t = np.asarray(curves['train_loss'], np.float64)
+    # Accepted only if every path ends below its start: a clipped kernel on which the
+    # minibatches still grow the loss slowly (below _diverged's 10×) is not stable either.
+    if not _diverged(curves) and np.all(loss_t[:, -1] <= loss_t[:, 0]):
+      info.update(cap=cap, clipped=clipped)
+      start = np.mean(np.asarray(replay(None, min(SPIKE_STEPS, len(lrs)))['train_loss'],
+                                 np.float64), 0)
+      rise = np.flatnonzero(np.diff(start) > 0)
+      if rise.size:
+        info.update(spike_step=int(rise[0] + 1), spike_loss=float(start[rise[0] + 1]))
+      return curves, info
+  return None, info
 
 
 def _sde_grid(configs, key, num_paths, dt, population, arrays, *, loss, eval_every, sampling):
@@ -190,8 +278,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
   else:
     # The SDE and neural-tangents take a class-traced kernel as K; the minibatch
     # simulators need K ⊗ I_C.
-    k_tt, k_st = (lin.full_kernels() if method in ('replay', 'full_batch')
+    k_tt, k_st = (lin.full_kernels() if method in ('replay', 'catapult', 'full_batch')
                   else (lin.k_train_train, lin.k_test_train))
+    exact_kernels = (k_tt, k_st)
     max_eig = largest_eigenvalue(k_tt)
     k_tt = k_tt.astype(dtype)
   arrays = dict(k_train_train=k_tt, fx_train_0=lin.fx_train_0.astype(dtype),
@@ -232,9 +321,10 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     no_batches = dataclasses.replace(hp, batch_size=1)
     steps = np.arange(0, hp.steps + 1, eval_every)
     start = time.perf_counter()
+    catapult = None
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
                   weight_decay=hp.weight_decay, **arrays)
-    if method in ('replay',) + HEAD_METHODS:
+    if method in ('replay', 'catapult') + HEAD_METHODS:
       if orders is not None and orders[i] is not None:
         o = np.asarray(orders[i])
       else:
@@ -244,6 +334,15 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       curves = sde_curves[i]
     elif method == 'replay':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
+    elif method == 'catapult':
+      def replay(kernels, first, o=o, lrs=lrs, hp=hp, common=common):
+        if kernels is not None:
+          common = {**common, 'k_train_train': kernels[0].astype(dtype),
+                    'k_test_train': kernels[1].astype(dtype)}
+        if first is not None:
+          o, lrs, common = o[:, :first], lrs[:first], {**common, 'eval_every': 1}
+        return jax.device_get(dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)[0])
+      curves, catapult = _catapult(hp, lrs, max_eig, n, loss, exact_kernels, replay)
     elif method in HEAD_METHODS:
       simulate = (dynamics.simulate_head_aware if method == 'head_aware'
                   else dynamics.simulate_head_exact)
@@ -258,13 +357,14 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       curves = _nt_curves(lin, y_train, y_test, hp, steps, loss)
     if method in ('full_batch', 'nt_gradient_descent'):
       deterministic[no_batches] = curves
-    curves = jax.device_get(curves)
+    curves = None if curves is None else jax.device_get(curves)
     seconds = sde_seconds[i] if method == 'sde' else time.perf_counter() - start
     limit = dynamics.lr_limit(method, max_eig, n, loss, momentum=hp.momentum,
                               nesterov=hp.nesterov, weight_decay=hp.weight_decay, dt=dt)
     pred = summary_lib.Prediction(method=method, hparams=hp.to_dict(), steps=steps,
-                                  lr_limit=limit, seconds=seconds, diverged=_diverged(curves),
-                                  rank=rank)
+                                  lr_limit=limit, seconds=seconds,
+                                  diverged=curves is None or _diverged(curves), rank=rank,
+                                  catapult=catapult)
     if not pred.diverged:
       pred.curves, pred.times = _summarise(curves, steps, targets)
     results.append(pred)

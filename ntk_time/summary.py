@@ -104,7 +104,9 @@ class Prediction(_Json):
   steps: [E] evaluated steps; curves: per curve name ('train_loss', 'train_acc',
   'test_loss', 'test_acc') its Band over paths; times: per definition. A
   diverging prediction has curves and times None. rank: the eigenpairs of the
-  kernel simulated (dynamics.low_rank), 0 for the dense kernel.
+  kernel simulated (dynamics.low_rank), 0 for the dense kernel. catapult: the
+  'catapult' method's model of this configuration (predict._catapult's info), None
+  for the other methods.
   """
   method: str
   hparams: dict
@@ -115,6 +117,7 @@ class Prediction(_Json):
   curves: dict[str, Band] | None = None
   times: dict[str, Time] | None = None
   rank: int = 0
+  catapult: dict[str, float | None] | None = None
 
 
 @dataclasses.dataclass
