@@ -87,8 +87,8 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
                   'head_aware': dict(orders=orders), 'head_exact': dict(orders=orders)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
-          relin if m == 'relinearised' else lin, task.y_train, task.y_test, configs, method=m, **per_method.get(m, {}), **common)]
-               for m in simulated}
+          relin if m == 'relinearised' else lin, task.y_train, task.y_test, configs, method=m,
+          **per_method.get(m, {}), **common)] for m in simulated}
     wd.write_json(path, {'config_hash': pred_hash, **preds})
   preds = wd.read_json(path)
   del preds['config_hash']
@@ -141,6 +141,10 @@ def relinearised(apply_fn, params, lin: ntk.Linearization, task, hp: sgd.SGD, or
     result = finetune.finetune(apply_fn, params, task, dataclasses.replace(hp, steps=steps),
                                order[:steps], loss=config.finetune.loss, eval_every=steps,
                                progress=progress)
+    if result['diverged_at'] is not None:
+      raise ValueError(f'the probe of relinearised ({steps} real steps of {hp}) diverged at step '
+                       f"{result['diverged_at']}: probe another configuration "
+                       '(predict.relin_config) or fewer steps (predict.relin_fraction)')
     leaves = jax.tree.leaves(jax.device_get(result['params']))
     probe = {'probe_seconds': result['train_seconds'],
              'probe_train_loss': result['curves'].train_loss[-1],
@@ -899,7 +903,8 @@ def markdown_table(summaries: dict[str, summary_lib.Summary]) -> list[str]:
       else:
         works, cost = 'baseline', '-'
       lines.append(
-          f"| {target} | {_label(p, s, kind=False)} | {_fmt(a['t_eps'].median, True)} / {_fmt(a['t_eps'].max, True)} | "
+          f"| {target} | {_label(p, s, kind=False)} | {_fmt(a['t_eps'].median, True)} / "
+          f"{_fmt(a['t_eps'].max, True)} | "
           f"{_fmt(lv.median, True)} / {_fmt(lv.max, True)} ({lv.misses}) | "
           f"{_fmt(al.median, True)} / {_fmt(al.max, True)} ({al.misses}) | "
           f"{_fmt(a['curve_log_error'].median)} | {works} | "
