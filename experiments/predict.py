@@ -29,6 +29,7 @@ import jax
 
 from ntk_time import devices
 from ntk_time import pipeline
+from ntk_time import predict
 
 
 def print_ranking(summary: dict) -> None:
@@ -52,6 +53,10 @@ def print_ranking(summary: dict) -> None:
   print(f"cost: kernel {c['kernel_seconds']:.1f} s, step timing {c['step_timing_seconds']:.1f} s, "
         + ', '.join(f"{m} {c[f'{m}_seconds']:.1f} s" for m in methods)
         + f"; {summary['processes']} process(es), {summary['devices']} device(s)")
+  for m in methods:
+    if m in predict.NOT_TRAINING_FREE:
+      print(f"{m} is not training-free: it trained real steps first (probe "
+            f"{c[f'{m}_probe_seconds']:.1f} s, its own kernel {c[f'{m}_kernel_seconds']:.1f} s)")
 
 
 def main(_):

@@ -146,6 +146,15 @@ def check(config) -> list[sgd.SGD]:
   if not pc.methods or unknown or len(set(pc.methods)) != len(pc.methods):
     raise ValueError(f'predict.methods must be distinct names from {predict.METHODS}, got '
                      f'{tuple(pc.methods)}')
+  if pc.methods and pc.methods[0] in predict.NOT_TRAINING_FREE:
+    raise ValueError(f'predict.methods={tuple(pc.methods)} starts with {pc.methods[0]!r}, which '
+                     'trains real steps before it predicts: it is not training-free and can '
+                     "never be the headline; put a training-free method first (e.g. 'sde')")
+  relin_probe(pc, grid)
+  if 'relinearised' in pc.methods and ft.schedule != 'constant':
+    # The probe is a k-step run, whose schedule would not be the real run's first k steps'.
+    raise ValueError("predict.methods has 'relinearised', whose probe needs "
+                     f"finetune.schedule='constant', got {ft.schedule!r}")
   if 'head_aware' in pc.methods and ft.head_init == 'zero':
     # Its feature kernel is estimated through the head: tr(Wᵀ G W) / tr(WᵀW), ntk.feature_kernel.
     raise ValueError("predict.methods has 'head_aware', which estimates the feature kernel "
@@ -183,6 +192,27 @@ def check(config) -> list[sgd.SGD]:
     raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
   targets_from_config(pc)
   return grid
+
+
+def relin_probe(pc, grid: list[sgd.SGD]) -> tuple[int, int]:
+  """The probe of 'relinearised' in a `predict` block: (the index of the configuration
+  of `grid` it trains, its real steps k = round(relin_fraction × T)); k >= 1 and k < T
+  are checked where 'relinearised' is among the methods."""
+  f, i = pc.relin_fraction, pc.relin_config
+  if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < 1:
+    raise ValueError(f'predict.relin_fraction must be in (0, 1), got {f!r}')
+  if isinstance(i, bool) or not isinstance(i, int) or not -1 <= i < len(grid):
+    raise ValueError(f'predict.relin_config must be -1 (the median η/(1−m)) or an index into '
+                     f'the grid of {len(grid)} configurations, got {i!r}')
+  if i == -1:
+    effective = [hp.lr / (1.0 - hp.momentum) for hp in grid]
+    i = sorted(range(len(grid)), key=lambda j: effective[j])[(len(grid) - 1) // 2]
+  horizon = grid[i].steps
+  k = int(round(f * horizon))
+  if 'relinearised' in pc.methods and not 1 <= k < horizon:
+    raise ValueError(f'predict.relin_fraction={f!r} of the horizon T={horizon} of configuration '
+                     f'{i} is k={k} real steps; relinearised needs 1 <= k < T')
+  return i, k
 
 
 def targets_from_config(pc) -> times.Targets:

@@ -70,10 +70,11 @@ def baselines(methods, configs: list[sgd.SGD]) -> list[str]:
 
 
 def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pred_hash, reuse,
-                 simulated):
+                 simulated, relin=None):
   """Every simulated predictor's predictions, reused from `path` if made for
   `pred_hash` (and `reuse`); returned as read back from JSON, so that a first
-  run and a rerun compute the summary from the same numbers."""
+  run and a rerun compute the summary from the same numbers. 'relinearised'
+  simulates on `relin` (`relinearised`), every other predictor on `lin`."""
   if not (reuse and os.path.exists(path) and wd.read_json(path).get('config_hash') == pred_hash):
     ft, pc = config.finetune, config.predict
     dtype = np.float64 if pc.dtype == 'float64' else np.float32
@@ -81,13 +82,14 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
     low_rank = dict(rank=pc.rank, rank_tol=pc.rank_tol)
     per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt, sampling=ft.sampling,
                               **low_rank),
-                  'replay': dict(orders=orders, **low_rank), 'full_batch': low_rank,
+                  'replay': dict(orders=orders, **low_rank),
+                  'relinearised': dict(orders=orders, **low_rank), 'full_batch': low_rank,
                   'catapult': dict(orders=orders), 'head_aware': dict(orders=orders),
                   'head_exact': dict(orders=orders)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
-          lin, task.y_train, task.y_test, configs, method=m, **per_method.get(m, {}), **common)]
-               for m in simulated}
+          relin if m == 'relinearised' else lin, task.y_train, task.y_test, configs, method=m,
+          **per_method.get(m, {}), **common)] for m in simulated}
     wd.write_json(path, {'config_hash': pred_hash, **preds})
   preds = wd.read_json(path)
   del preds['config_hash']
@@ -110,6 +112,58 @@ def cached_kernel(path: str, kernel_hash: str, apply_fn, params, x_train, x_test
                       progress=progress)
   wd.write_npz(path, config_hash=kernel_hash, **lin.arrays())
   return lin
+
+
+def relinearised(apply_fn, params, lin: ntk.Linearization, task, hp: sgd.SGD, order: np.ndarray,
+                 steps: int, config, workdir: str, relin_hash: str, progress: bool = True,
+                 reuse: bool = True) -> tuple[ntk.Linearization, dict]:
+  """The linearisation of 'relinearised': the kernel at w_k, the weights after the
+  first `steps` (k) real steps of `hp` on `order` ([>= k, B]), with the start of
+  `lin` (ntk.linearize at w0): Θ(w_k), f(w0) and J_k w0 (J_k = ∂F/∂w at w_k).
+
+  The probe is finetune.finetune itself (the real runs' step and optimiser, so
+  with the batches of a real run, its first k steps); its weights are written to
+  <workdir>/relinearised_probe.npz and the kernel, by `cached_kernel` with the
+  `kernel` config block, to relinearised_kernel.npz, both reused when made for
+  `relin_hash` (and `reuse`). The model simulated is F = f(w0) + J_k (w − w0)
+  with w from w0: weight decay's λ w moves it by λ (F − f(w0) + J_k w0), so
+  jw0 is J_k w0, one forward-mode pass at w_k.
+
+  Returns:
+    (Linearization whose seconds are the kernel's and J_k w0's, report
+    {'probe_seconds': the probe's training steps (as the real runs' train_seconds),
+    'kernel_seconds': the same as the Linearization's, 'probe_train_loss': the
+    real training loss at step k}).
+  """
+  probe_path = os.path.join(workdir, 'relinearised_probe.npz')
+  treedef = jax.tree.structure(params)
+  probe = wd.load_if_hash(probe_path, relin_hash) if reuse else None
+  if probe is None:
+    result = finetune.finetune(apply_fn, params, task, dataclasses.replace(hp, steps=steps),
+                               order[:steps], loss=config.finetune.loss, eval_every=steps,
+                               progress=progress)
+    if result['diverged_at'] is not None:
+      raise ValueError(f'the probe of relinearised ({steps} real steps of {hp}) diverged at step '
+                       f"{result['diverged_at']}: probe another configuration "
+                       '(predict.relin_config) or fewer steps (predict.relin_fraction)')
+    leaves = jax.tree.leaves(jax.device_get(result['params']))
+    probe = {'probe_seconds': result['train_seconds'],
+             'probe_train_loss': result['curves'].train_loss[-1],
+             **{f'w_{j}': v for j, v in enumerate(leaves)}}
+    wd.write_npz(probe_path, config_hash=relin_hash, **probe)
+  w_k = jax.tree.unflatten(treedef, [probe[f'w_{j}'] for j in range(treedef.num_leaves)])
+  lin_k = cached_kernel(os.path.join(workdir, 'relinearised_kernel.npz'), relin_hash, apply_fn,
+                        w_k, task.x_train, task.x_test, config.kernel, progress=progress,
+                        reuse=reuse)
+  t0 = time.perf_counter()
+  jw0_train, jw0_test = (ntk.jvp(apply_fn, w_k, params, x) for x in (task.x_train, task.x_test))
+  seconds = lin_k.seconds + time.perf_counter() - t0
+  relin = ntk.Linearization(
+      k_train_train=lin_k.k_train_train, k_test_train=lin_k.k_test_train,
+      fx_train_0=lin.fx_train_0, fx_test_0=lin.fx_test_0, jw0_train=jw0_train,
+      jw0_test=jw0_test, seconds=seconds)
+  return relin, {'probe_seconds': float(probe['probe_seconds']), 'kernel_seconds': seconds,
+                 'probe_train_loss': float(probe['probe_train_loss'])}
 
 
 FEATURE_FIELDS = ('feature_factors_train', 'feature_factors_test', 'feature_rank_errors')
@@ -183,7 +237,13 @@ class Predicted:
   orders: per configuration [seeds, T, B] batch orders; step_seconds,
   flop_seconds and flops: per configuration, seconds of one real step measured
   and from XLA's FLOP count, and that count; preds: per simulated predictor
-  (methods and simulated baselines), one Prediction per configuration.
+  (methods and simulated baselines), one Prediction per configuration;
+  method_costs: the seconds of what a method pays beyond the kernel at w0 and
+  its simulations ('relinearised_probe_seconds', 'relinearised_kernel_seconds').
+  kernel_report: ntk.check_kernel's at w0, with 'relinearised_config' (the index
+  of the configuration probed), '_steps' (k), '_probe_train_loss' (the real
+  training loss at step k) and '_max_eig' (of Θ(w_k)) when 'relinearised' is
+  among the methods.
   """
   configs: list[sgd.SGD]
   targets: times_lib.Targets
@@ -204,6 +264,7 @@ class Predicted:
   methods: list[str]
   baselines: list[str]
   preds: dict[str, list[summary_lib.Prediction]]
+  method_costs: dict[str, float]
 
 
 def _step_timings(apply_fn, params, task, configs, loss, key):
@@ -288,6 +349,23 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
                                                     keys['time'])
   step_timing_seconds = time.perf_counter() - t0
   methods = list(pc.methods)
+  relin, relin_report, method_costs = None, None, {}
+  if 'relinearised' in methods:
+    index, steps = checks.relin_probe(pc, configs)
+    order = orders[index][0]  # the seed-0 real run's batches
+    relin_hash = wd.config_hash({'kernel': kernel_hash, 'relin_fraction': pc.relin_fraction,
+                                 'relin_config': index, 'hp': configs[index].to_dict(),
+                                 'loss': ft.loss, 'steps': steps,
+                                 'order': wd.digest(order[:steps])})
+    relin, relin_report = relinearised(apply_fn, params, lin, task, configs[index],
+                                       order, steps, config, workdir, relin_hash, progress, reuse)
+    relin_report.update(config=index, steps=steps)
+    # Beside the kernel at w0's: what was probed, and Θ(w_k)'s check (its λ_max, for scale).
+    kernel_report.update({f'relinearised_{name}': v for name, v in relin_report.items()
+                          if name not in ('probe_seconds', 'kernel_seconds')},
+                         relinearised_max_eig=ntk.check_kernel(relin.k_train_train)['max_eig'])
+    method_costs = {'relinearised_probe_seconds': relin_report['probe_seconds'],
+                    'relinearised_kernel_seconds': relin_report['kernel_seconds']}
   base_names = baselines(methods, configs) if with_baselines else []
   simulated = methods + [b for b in base_names if b in SIMULATED_BASELINES]
   pred_hash = wd.config_hash({'kernel': kernel_hash, 'grid': [hp.to_dict() for hp in configs],
@@ -295,14 +373,15 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
                               'sampling': ft.sampling,
                               'eval_every': ft.eval_every, 'orders': wd.digest(*orders)})
   preds = _predictions(lin, task, configs, orders, config, keys['sde'], targets,
-                       os.path.join(workdir, 'predictions.json'), pred_hash, reuse, simulated)
+                       os.path.join(workdir, 'predictions.json'), pred_hash, reuse, simulated,
+                       relin)
   return Predicted(configs=configs, targets=targets, task=task, params=params,
                    apply_fn=apply_fn, features_fn=features_fn, pre_report=pre_report,
                    head_report=head_report, base=base, lin=lin,
                    kernel_report=kernel_report, orders=orders, step_seconds=step_seconds,
                    flop_seconds=flop_seconds, flops=flops,
                    step_timing_seconds=step_timing_seconds, methods=methods,
-                   baselines=base_names, preds=preds)
+                   baselines=base_names, preds=preds, method_costs=method_costs)
 
 
 def ranking(config, workdir: str, progress: bool = True, overwrite: bool = False) -> dict:
@@ -342,7 +421,7 @@ def ranking(config, workdir: str, progress: bool = True, overwrite: bool = False
                        'step_timing_seconds': pr.step_timing_seconds,
                        'probe_seconds': pr.head_report['seconds'],
                        **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m]))
-                          for m in pr.methods}},
+                          for m in pr.methods}, **pr.method_costs},
              'configs': sorted(rows, key=rank_key)}
   summary = wd.as_json(summary)  # as every reader of ranking.json sees it
   if leader:
@@ -485,7 +564,8 @@ def run(config, workdir: str, progress: bool = True, overwrite: bool = False
   costs = {'kernel_seconds': pr.lin.seconds, 'step_timing_seconds': pr.step_timing_seconds,
            'probe_seconds': probe_s,
            'train_seconds': probe_s + float(sum(np.mean(r.real.train_seconds) for r in rows)),
-           **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m])) for m in pr.preds}}
+           **{f'{m}_seconds': float(sum(p.seconds for p in pr.preds[m])) for m in pr.preds},
+           **pr.method_costs}
   costs['predict_seconds'] = (costs['kernel_seconds'] + costs[f'{headline}_seconds']
                               + costs['step_timing_seconds'] + probe_s)
   costs['ratio'] = costs['train_seconds'] / costs['predict_seconds']
@@ -701,6 +781,23 @@ def write_csv(s: summary_lib.Summary, path: str) -> None:
   wd.write_bytes(path, ('\n'.join(lines) + '\n').encode())
 
 
+def method_cost(costs: dict[str, float], method: str) -> float:
+  """Seconds one method's prediction of the grid costs: its kernel (the one at w0, or
+  its own '<method>_kernel_seconds'), its real probe if it has one
+  ('<method>_probe_seconds'), its simulations and the step timing."""
+  kernel = costs.get(f'{method}_kernel_seconds', costs['kernel_seconds'])
+  return (kernel + costs.get(f'{method}_probe_seconds', 0.0) + costs[f'{method}_seconds']
+          + costs['step_timing_seconds'])
+
+
+def _label(predictor: str, s: summary_lib.Summary, kind: bool = True) -> str:
+  """A predictor as the tables list it: a method that trains real steps marked as
+  not training-free, and with `kind`, method or baseline."""
+  marks = ([('method' if predictor in s.methods else 'baseline')] if kind else []) + (
+      ['not training-free'] if predictor in predict.NOT_TRAINING_FREE else [])
+  return f"{predictor} ({', '.join(marks)})" if marks else predictor
+
+
 def format_table(s: summary_lib.Summary) -> str:
   """The per-configuration table and the aggregates with baselines, as printed text."""
   lines = []
@@ -727,7 +824,7 @@ def format_table(s: summary_lib.Summary) -> str:
   n = len(s.configs)
   lines += ['', f"errors over the {n} configurations (median / max; misses: a level reached on "
             "one side only, counted at its error at the horizon; ∞: divergence on one side):",
-            f"{'predictor':31s} {'T_eps':>12s} {'loss levels':>20s} {'acc levels':>20s} "
+            f"{'predictor':41s} {'T_eps':>12s} {'loss levels':>20s} {'acc levels':>20s} "
             f"{'curve err':>9s}  verdict"]
   for p in s.predictors:
     a = s.aggregate[p]
@@ -737,9 +834,8 @@ def format_table(s: summary_lib.Summary) -> str:
       v = s.verdicts[p]
       verdict = ('WORKS: beats every baseline' if v.works else
                  f"does not work here: loses to {', '.join(v.loses_to)}")
-    kind = 'method' if p in s.methods else 'baseline'
     lines.append(
-        f"{p + ' (' + kind + ')':31s} {_fmt(a['t_eps'].median, True):>5s} / "
+        f"{_label(p, s):41s} {_fmt(a['t_eps'].median, True):>5s} / "
         f"{_fmt(a['t_eps'].max, True):>4s}  {_fmt(lv.median, True):>5s} / {_fmt(lv.max, True):>4s}"
         f" ({lv.misses} miss) {_fmt(al.median, True):>5s} / {_fmt(al.max, True):>4s} "
         f"({al.misses} miss) {_fmt(a['curve_log_error'].median):>9s}  {verdict}")
@@ -773,6 +869,12 @@ def format_table(s: summary_lib.Summary) -> str:
   lines.append(f"cost: predict {c['predict_seconds']:.1f} s (kernel {c['kernel_seconds']:.1f}, "
                f"{first} {c[f'{first}_seconds']:.1f}, step timing {c['step_timing_seconds']:.1f}"
                f"{probe}) vs train {c['train_seconds']:.1f} s: {c['ratio']:.1f}x cheaper")
+  for m in s.methods:
+    if m in predict.NOT_TRAINING_FREE:
+      lines.append(f"cost of {m} (not training-free): real probe {c[f'{m}_probe_seconds']:.1f} s "
+                   f"+ its kernel {c[f'{m}_kernel_seconds']:.1f} + simulations "
+                   f"{c[f'{m}_seconds']:.1f} + step timing {c['step_timing_seconds']:.1f} = "
+                   f"{method_cost(c, m):.1f} s vs train {c['train_seconds']:.1f} s")
   lines += [f'note: {t}' for t in s.notes]
   return '\n'.join(lines)
 
@@ -797,12 +899,13 @@ def markdown_table(summaries: dict[str, summary_lib.Summary]) -> list[str]:
       if p in s.verdicts:
         v = s.verdicts[p]
         works = 'yes' if v.works else 'no: loses to ' + ', '.join(v.loses_to)
-        cost = c['kernel_seconds'] + c[f'{p}_seconds'] + c['step_timing_seconds']
+        cost = method_cost(c, p)
         cost = f"{cost:.0f} s vs {c['train_seconds']:.0f} s ({c['train_seconds'] / cost:.1f}×)"
       else:
         works, cost = 'baseline', '-'
       lines.append(
-          f"| {target} | {p} | {_fmt(a['t_eps'].median, True)} / {_fmt(a['t_eps'].max, True)} | "
+          f"| {target} | {_label(p, s, kind=False)} | {_fmt(a['t_eps'].median, True)} / "
+          f"{_fmt(a['t_eps'].max, True)} | "
           f"{_fmt(lv.median, True)} / {_fmt(lv.max, True)} ({lv.misses}) | "
           f"{_fmt(al.median, True)} / {_fmt(al.max, True)} ({al.misses}) | "
           f"{_fmt(a['curve_log_error'].median)} | {works} | "

@@ -22,14 +22,20 @@ from ntk_time import sgd
 from ntk_time import summary as summary_lib
 from ntk_time import times as times_lib
 
-# The simulated predictors. 'sde', 'replay', 'head_aware' and 'head_exact' are the methods;
-# 'full_batch' (the deterministic B = N limit of 'replay') and 'nt_gradient_descent'
-# (neural-tangents' own gradient flow, needs neural-tangents) are also the reference baselines.
-# 'catapult' is 'replay' on a kernel whose top is clipped where a real net catapults (MSE).
-METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'catapult', 'full_batch',
+# The simulated predictors. 'sde', 'replay', 'head_aware', 'head_exact', 'catapult' and
+# 'relinearised' are the methods; 'full_batch' (the deterministic B = N limit of 'replay') and
+# 'nt_gradient_descent' (neural-tangents' own gradient flow, needs neural-tangents) are also
+# the reference baselines. 'catapult' is 'replay' on a kernel whose top is clipped where a
+# real net catapults (MSE).
+METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'catapult', 'relinearised', 'full_batch',
            'nt_gradient_descent')
 HEAD_METHODS = ('head_aware', 'head_exact')  # the head trained exactly, the features linearised
-LOW_RANK_METHODS = ('sde', 'replay', 'full_batch')  # those that take dynamics.low_rank's basis
+# 'replay' on a kernel taken after k real steps of one configuration (pipeline.relinearised):
+# it trains, so it is never the headline and is labelled wherever methods are listed.
+NOT_TRAINING_FREE = ('relinearised',)
+REPLAY_METHODS = ('replay', 'relinearised')  # dynamics.simulate_sgd on the given orders
+# Those that take dynamics.low_rank's basis.
+LOW_RANK_METHODS = ('sde', 'replay', 'relinearised', 'full_batch')
 CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 QUANTILES = (0.05, 0.5, 0.95)
 # The catapult's kernel: its top clipped to (1 - CATAPULT_MARGIN) × the stable level, at most
@@ -218,10 +224,12 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     y_train: [N] and y_test: [N_test] int labels.
     configs: the grid; each config's steps is its horizon.
     key: PRNG key, folded with the config's index (needed for 'sde', and for
-      'replay' and the head methods unless every order is given).
+      'replay', 'relinearised' and the head methods unless every order is given).
     method: 'sde' (the paper's SDE, num_paths paths), 'replay' (the exact
       minibatch simulator on `orders[i]` [S, T, B], or num_paths orders drawn
-      from key), 'head_aware' (dynamics.simulate_head_aware on orders like
+      from key), 'relinearised' ('replay' itself: the pipeline passes it a
+      linearisation whose kernel is taken after a short real probe,
+      pipeline.relinearised), 'head_aware' (dynamics.simulate_head_aware on orders like
       'replay'; needs a linearisation made with features_fn), 'head_exact'
       (dynamics.simulate_head_exact likewise, with the whole feature kernel; needs
       ntk.with_feature_factors), 'full_batch' (the
@@ -278,7 +286,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
   else:
     # The SDE and neural-tangents take a class-traced kernel as K; the minibatch
     # simulators need K ⊗ I_C.
-    k_tt, k_st = (lin.full_kernels() if method in ('replay', 'catapult', 'full_batch')
+    k_tt, k_st = (lin.full_kernels() if method in REPLAY_METHODS + ('catapult', 'full_batch')
                   else (lin.k_train_train, lin.k_test_train))
     exact_kernels = (k_tt, k_st)
     max_eig = largest_eigenvalue(k_tt)
@@ -324,7 +332,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     catapult = None
     common = dict(loss=loss, eval_every=eval_every, momentum=hp.momentum,
                   weight_decay=hp.weight_decay, **arrays)
-    if method in ('replay', 'catapult') + HEAD_METHODS:
+    if method in REPLAY_METHODS + ('catapult',) + HEAD_METHODS:
       if orders is not None and orders[i] is not None:
         o = np.asarray(orders[i])
       else:
@@ -332,7 +340,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
         o = np.stack([sgd.batch_order(k, n, hp.batch_size, hp.steps, sampling) for k in ks])
     if method == 'sde':
       curves = sde_curves[i]
-    elif method == 'replay':
+    elif method in REPLAY_METHODS:
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
     elif method == 'catapult':
       def replay(kernels, first, o=o, lrs=lrs, hp=hp, common=common):
@@ -359,8 +367,10 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       deterministic[no_batches] = curves
     curves = None if curves is None else jax.device_get(curves)
     seconds = sde_seconds[i] if method == 'sde' else time.perf_counter() - start
-    limit = dynamics.lr_limit(method, max_eig, n, loss, momentum=hp.momentum,
-                              nesterov=hp.nesterov, weight_decay=hp.weight_decay, dt=dt)
+    # relinearised is replay on another kernel: replay's limit, on that kernel's λ_max.
+    limit = dynamics.lr_limit('replay' if method in REPLAY_METHODS else method, max_eig, n,
+                              loss, momentum=hp.momentum, nesterov=hp.nesterov,
+                              weight_decay=hp.weight_decay, dt=dt)
     pred = summary_lib.Prediction(method=method, hparams=hp.to_dict(), steps=steps,
                                   lr_limit=limit, seconds=seconds,
                                   diverged=curves is None or _diverged(curves), rank=rank,

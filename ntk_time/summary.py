@@ -251,7 +251,10 @@ class Summary(_Json):
   'step_timing_seconds', 'train_seconds', '<method>_seconds',
   'predict_seconds') and 'ratio' train / predict; a linear probe's
   'probe_seconds' are in both predict_seconds and train_seconds (both sides
-  start from its head); head: how the head was initialised
+  start from its head); a method that trains before it predicts has its own
+  'relinearised_probe_seconds' (its real steps) and 'relinearised_kernel_seconds'
+  (its kernel at the probe's weights) beside its '<method>_seconds'
+  (pipeline.method_cost sums a method's); head: how the head was initialised
   (finetune.init_head's report: 'head_init', 'seconds', the probe's numbers).
   """
   config: dict
