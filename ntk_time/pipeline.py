@@ -82,7 +82,8 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
     per_method = {'sde': dict(key=key_sde, num_paths=pc.num_paths, dt=pc.dt, sampling=ft.sampling,
                               **low_rank),
                   'replay': dict(orders=orders, **low_rank), 'full_batch': low_rank,
-                  'head_aware': dict(orders=orders), 'head_exact': dict(orders=orders)}
+                  'head_aware': dict(orders=orders), 'head_exact': dict(orders=orders),
+                  'head_scaled': dict(orders=orders, feature_scale_power=pc.feature_scale_power)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
           lin, task.y_train, task.y_test, configs, method=m, **per_method.get(m, {}), **common)]

@@ -22,11 +22,13 @@ from ntk_time import sgd
 from ntk_time import summary as summary_lib
 from ntk_time import times as times_lib
 
-# The simulated predictors. 'sde', 'replay', 'head_aware' and 'head_exact' are the methods;
-# 'full_batch' (the deterministic B = N limit of 'replay') and 'nt_gradient_descent'
+# The simulated predictors. 'sde', 'replay', 'head_aware', 'head_scaled' and 'head_exact' are
+# the methods; 'full_batch' (the deterministic B = N limit of 'replay') and 'nt_gradient_descent'
 # (neural-tangents' own gradient flow, needs neural-tangents) are also the reference baselines.
-METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'full_batch', 'nt_gradient_descent')
-HEAD_METHODS = ('head_aware', 'head_exact')  # the head trained exactly, the features linearised
+METHODS = ('sde', 'replay', 'head_aware', 'head_scaled', 'head_exact', 'full_batch',
+           'nt_gradient_descent')
+# The head trained exactly, the features linearised.
+HEAD_METHODS = ('head_aware', 'head_scaled', 'head_exact')
 LOW_RANK_METHODS = ('sde', 'replay', 'full_batch')  # those that take dynamics.low_rank's basis
 CURVES = ('train_loss', 'train_acc', 'test_loss', 'test_acc')
 QUANTILES = (0.05, 0.5, 0.95)
@@ -122,7 +124,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             loss: str, eval_every: int, targets: times_lib.Targets, num_paths: int = 32,
             dt: int = 1, orders: list[np.ndarray] | None = None, dtype=np.float32,
             population: int | None = None, sampling: str = 'epoch', rank: int = 0,
-            rank_tol: float = 0.0) -> list[summary_lib.Prediction]:
+            rank_tol: float = 0.0, feature_scale_power: float = 6 / 7
+            ) -> list[summary_lib.Prediction]:
   """Predicts every configuration of a grid from one linearisation.
 
   Args:
@@ -136,7 +139,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       from key), 'head_aware' (dynamics.simulate_head_aware on orders like
       'replay'; needs a linearisation made with features_fn), 'head_exact'
       (dynamics.simulate_head_exact likewise, with the whole feature kernel; needs
-      ntk.with_feature_factors), 'full_batch' (the
+      ntk.with_feature_factors), 'head_scaled' ('head_aware' with the feature
+      kernel rescaled by the simulated features' growth, s_i^γ s_j^γ K_φ[i, j], γ =
+      feature_scale_power: dynamics.simulate_head_aware), 'full_batch' (the
       deterministic B = N limit of 'replay'), 'nt_gradient_descent'
       (neural-tangents' gradient flow with momentum: no noise, no weight decay).
     loss, eval_every, targets: see dynamics / times.Targets.
@@ -155,6 +160,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     rank_tol: > 0 (with rank 0): the smallest rank whose bound on the
       training-loss error over the grid's longest horizon (dynamics.low_rank_within,
       in loss units) is at most rank_tol.
+    feature_scale_power: 'head_scaled' only: γ in [0, 1], 1 - 1/L for a chain of L
+      layers under the features that grow alike (6/7: ResNet8's 7 convolutions).
 
   Returns:
     One summary.Prediction per configuration: mean and quantile curves over
@@ -204,9 +211,11 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     if method == 'head_exact' and lin.feature_factors_train is None:
       raise ValueError("method 'head_exact' needs the feature kernel's factors: "
                        'ntk.with_feature_factors(lin, ...)')
-    if method == 'head_aware':
+    if method != 'head_exact':
       k_phi, k_phi_st = lin.feature_kernels()
       kernels = dict(k_phi=k_phi.astype(dtype), k_phi_test=k_phi_st.astype(dtype))
+      if method == 'head_scaled':
+        kernels['feature_scale_power'] = feature_scale_power
     else:
       kernels = dict(feature_factors=lin.feature_factors_train.astype(dtype),
                      feature_factors_test=lin.feature_factors_test.astype(dtype))
@@ -245,8 +254,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     elif method == 'replay':
       curves, _, _ = dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)
     elif method in HEAD_METHODS:
-      simulate = (dynamics.simulate_head_aware if method == 'head_aware'
-                  else dynamics.simulate_head_exact)
+      simulate = (dynamics.simulate_head_exact if method == 'head_exact'
+                  else dynamics.simulate_head_aware)
       curves, _, _ = simulate(
           o, lrs, loss=loss, eval_every=eval_every, momentum=hp.momentum, nesterov=hp.nesterov,
           weight_decay=hp.weight_decay, **head_arrays)

@@ -101,5 +101,10 @@ def get_config() -> mlc.ConfigDict:
       # randomised SVD from feature_seed (ntk.feature_factors), of which the fewest are kept
       # whose kernel at w0 is within feature_rank_tol of Θ(w0)'s backbone part (relative
       # Frobenius error, ntk.feature_rank_errors; 0: keep them all).
-      feature_rank=1000, feature_rank_tol=0.0, feature_seed=0))
+      feature_rank=1000, feature_rank_tol=0.0, feature_seed=0,
+      # 'head_scaled' only: the feature kernel grows with the simulated features,
+      # K_φ(t)[i, j] = s_i^γ s_j^γ K_φ(0)[i, j], s_i = ‖φ_i(t)‖/‖φ_i(0)‖, with γ = this power
+      # (dynamics.simulate_head_aware): 1 - 1/L for a chain of L layers that grow alike,
+      # 6/7 for ResNet8's 7 convolutions on its longest path; 0 is head_aware.
+      feature_scale_power=6 / 7))
   return c
