@@ -767,10 +767,12 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   feature_scale_power γ > 0 (method 'head_scaled') lets the feature kernel grow with the
   features it moves: each step uses K_φ(t)[i, j] = s_i^γ s_j^γ K_φ[i, j] with
   s_i = ‖φ_i(t)‖/‖φ_i(0)‖ of the simulated features (test points alike), PSD and K_φ at
-  t = 0. Why: under frozen BatchNorm the features grow (4-7× in the real runs) and a net
-  positively homogeneous in its weights has Jacobians that grow with its outputs; a
-  depth-L chain whose layers grow alike, φ ∝ Π_l c_l = s, has ∂φ/∂θ_l ∝ s/c_l = s^(1-1/L),
-  so G ∝ s^(2-2/L): γ = 1 - 1/L (DESIGN §3.5; γ = 0 is `head_aware`).
+  t = 0 (γ = 0 is `head_aware`). Why (DESIGN §3.5): under frozen BatchNorm the features
+  grow (3-7× in real runs) and in a ReLU net, positively homogeneous in each layer's
+  weights, ∂φ/∂θ_l scales as s/c_l when the layers' gains c_l multiply to φ's growth s.
+  Growth carried by a scale at the top (the last BatchNorm's affine) scales every Jacobian
+  below it by s: G ∝ s², γ = 1; L layers growing alike give G ∝ s^(2-2/L), γ = 1 - 1/L;
+  G grows between s⁰ and s².
 
   Args:
     orders: [S, T, B]; lrs: [T].

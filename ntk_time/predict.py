@@ -124,7 +124,7 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             loss: str, eval_every: int, targets: times_lib.Targets, num_paths: int = 32,
             dt: int = 1, orders: list[np.ndarray] | None = None, dtype=np.float32,
             population: int | None = None, sampling: str = 'epoch', rank: int = 0,
-            rank_tol: float = 0.0, feature_scale_power: float = 6 / 7
+            rank_tol: float = 0.0, feature_scale_power: float = 1.0
             ) -> list[summary_lib.Prediction]:
   """Predicts every configuration of a grid from one linearisation.
 
@@ -160,8 +160,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     rank_tol: > 0 (with rank 0): the smallest rank whose bound on the
       training-loss error over the grid's longest horizon (dynamics.low_rank_within,
       in loss units) is at most rank_tol.
-    feature_scale_power: 'head_scaled' only: γ in [0, 1], 1 - 1/L for a chain of L
-      layers under the features that grow alike (6/7: ResNet8's 7 convolutions).
+    feature_scale_power: 'head_scaled' only: γ in [0, 1] (see
+      dynamics.simulate_head_aware).
 
   Returns:
     One summary.Prediction per configuration: mean and quantile curves over

@@ -104,7 +104,8 @@ def get_config() -> mlc.ConfigDict:
       feature_rank=1000, feature_rank_tol=0.0, feature_seed=0,
       # 'head_scaled' only: the feature kernel grows with the simulated features,
       # K_φ(t)[i, j] = s_i^γ s_j^γ K_φ(0)[i, j], s_i = ‖φ_i(t)‖/‖φ_i(0)‖, with γ = this power
-      # (dynamics.simulate_head_aware): 1 - 1/L for a chain of L layers that grow alike,
-      # 6/7 for ResNet8's 7 convolutions on its longest path; 0 is head_aware.
-      feature_scale_power=6 / 7))
+      # (dynamics.simulate_head_aware; 0 is head_aware). 1: the features grow through a
+      # scale at the top (frozen BatchNorm leaves its affine free), which every Jacobian
+      # below passes through, so G ∝ s²; 1 - 1/L if L layers grew alike instead.
+      feature_scale_power=1.0))
   return c
