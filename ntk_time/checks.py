@@ -155,10 +155,11 @@ def check(config) -> list[sgd.SGD]:
     # The probe is a k-step run, whose schedule would not be the real run's first k steps'.
     raise ValueError("predict.methods has 'relinearised', whose probe needs "
                      f"finetune.schedule='constant', got {ft.schedule!r}")
-  if 'head_aware' in pc.methods and ft.head_init == 'zero':
-    # Its feature kernel is estimated through the head: tr(Wᵀ G W) / tr(WᵀW), ntk.feature_kernel.
-    raise ValueError("predict.methods has 'head_aware', which estimates the feature kernel "
-                     "through the head: it needs a non-zero one, got finetune.head_init='zero'")
+  for m in ('head_aware', 'head_scaled'):
+    if m in pc.methods and ft.head_init == 'zero':
+      # Its feature kernel is estimated through the head: tr(Wᵀ G W) / tr(WᵀW), ntk.feature_kernel.
+      raise ValueError(f"predict.methods has {m!r}, which estimates the feature kernel "
+                       "through the head: it needs a non-zero one, got finetune.head_init='zero'")
   if 'nt_gradient_descent' in pc.methods and not ntk.nt_available():
     raise ValueError("predict.methods has 'nt_gradient_descent', which needs neural-tangents "
                      '(not importable here)')
@@ -188,6 +189,10 @@ def check(config) -> list[sgd.SGD]:
   if isinstance(ftol, bool) or not isinstance(ftol, (int, float)) or not 0 <= ftol < 1:
     raise ValueError(f'predict.feature_rank_tol must be in [0, 1), got {ftol!r}')
   _positive_int(pc.feature_seed, 'predict.feature_seed', minimum=0)
+  gamma = pc.feature_scale_power
+  if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not 0 <= gamma <= 1:
+    raise ValueError(f'predict.feature_scale_power must be in [0, 1] (the feature kernel grows '
+                     f'as s^(2γ), between s^0 and s^2), got {gamma!r}')
   if pc.dtype not in ('float32', 'float64'):
     raise ValueError(f"predict.dtype must be 'float32' or 'float64', got {pc.dtype!r}")
   targets_from_config(pc)

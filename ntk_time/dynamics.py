@@ -12,7 +12,8 @@ residuals r_i = ∂ℓ/∂f_i, held-out outputs F_test [N_test, C] moved by
 - `low_rank`, `low_rank_within`, `truncation_bounds`: Θ ≈ U_k Λ_k U_kᵀ, which
   the three simulators above take in place of the dense kernel (§3.6).
 - `simulate_head_aware` and `simulate_head_exact`: the head trained exactly, the
-  features linearised, under an isotropic or the whole feature kernel.
+  features linearised, under an isotropic or the whole feature kernel (the isotropic
+  one optionally rescaled by the simulated features' growth).
 - `lr_limit`: the learning rate above which each of them diverges.
 
 Outputs are curves recorded every `eval_every` steps, step 0 included.
@@ -732,15 +733,23 @@ def clip_kernel(k_train_train, k_test_train, cap):
   return unflat(flat, shape[0]), k_st, int(above.sum())
 
 
-@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov'))
-def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
-  """One batch order [T, B]; shared = (HeadArrays, SGDHyper)."""
+@functools.partial(jax.jit, static_argnames=('loss', 'eval_every', 'nesterov',
+                                             'feature_scale_power'))
+def _head_aware_one(order, shared, *, loss, eval_every, nesterov, feature_scale_power=0.0):
+  """One batch order [T, B]; shared = (HeadArrays, SGDHyper).
+
+  feature_scale_power γ > 0: the feature kernel of every step is that of w0 rescaled by
+  the features' own growth, G(t)[i, j] = s_i^γ s_j^γ G(0)[i, j] with s_i = ‖φ_i(t)‖/‖φ_i(0)‖
+  (train and test points alike), O((N + N_test)·D) more a step.
+  """
   a, hp = shared
   k_phi, phi0, y, jphi0 = a.k_phi, a.features_train_0, a.y_train, a.jw0_features_train
   k_phi_st, phit0, yt, jphit0 = a.k_phi_test, a.features_test_0, a.y_test, a.jw0_features_test
   w0, b0 = a.head_kernel, a.head_bias
   lrs, momentum, weight_decay = hp.lrs, hp.momentum, hp.weight_decay
   steps, _ = order.shape
+  norm0, norm0_t = jnp.linalg.norm(phi0, axis=1), jnp.linalg.norm(phit0, axis=1)
+  frob0 = jnp.linalg.norm(phi0)
 
   def step(carry, inp):
     (phi, phit, w, b), vel = carry
@@ -748,11 +757,17 @@ def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
     bsz = idx.shape[0]
     r = losses.residual(loss, phi[idx] @ w + b, y[idx])  # [B, C]
     q = r @ w.T  # [B, D]: ∂ℓ_i/∂φ_i
+    if feature_scale_power:  # G(t) = S G(0) S, S = diag(s^γ): scale the batch's q, then the moves
+      scale = (jnp.linalg.norm(phi, axis=1) / norm0) ** feature_scale_power  # [N]
+      scale_t = (jnp.linalg.norm(phit, axis=1) / norm0_t) ** feature_scale_power  # [N_test]
+      q = q * scale[idx, None]
     if k_phi.ndim == 3:  # G ≈ Z Zᵀ: the backbone's move Zᵀ_S q_S [R], then every feature's
       dtheta = jnp.einsum('bdr,bd->r', k_phi[idx], q) / bsz
       move, move_t = k_phi @ dtheta, k_phi_st @ dtheta
     else:  # G = K_φ ⊗ I_D
       move, move_t = k_phi[idx].T @ q / bsz, k_phi_st[idx].T @ q / bsz
+    if feature_scale_power:
+      move, move_t = move * scale[:, None], move_t * scale_t[:, None]
     grads = (move + weight_decay * (phi - phi0 + jphi0),
              move_t + weight_decay * (phit - phit0 + jphit0),
              phi[idx].T @ r / bsz + weight_decay * w,
@@ -764,7 +779,8 @@ def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
 
   def curves(state):
     phi, phit, w, b = state
-    return _curves(loss, phi @ w + b, y, phit @ w + b, yt)
+    return dict(_curves(loss, phi @ w + b, y, phit @ w + b, yt),
+                feature_growth=jnp.linalg.norm(phi) / frob0)
 
   def chunk(carry, inp):
     carry, _ = jax.lax.scan(step, carry, inp)
@@ -782,7 +798,7 @@ def _head_aware_one(order, shared, *, loss, eval_every, nesterov):
 def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kernel, head_bias, *,
                         loss, eval_every, momentum=0.0, nesterov=False, weight_decay=0.0,
                         jw0_features_train=None, k_phi_test=None, features_test_0=None,
-                        y_test=None, jw0_features_test=None):
+                        y_test=None, jw0_features_test=None, feature_scale_power=0.0):
   """Exact SGD on the head-aware (bilinear) model, for several batch orders at once.
 
   The plain method linearises f = Wᵀ φ(x; θ) + b in all parameters, which
@@ -797,15 +813,27 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
   with momentum, Nesterov and weight decay (λ (φ - φ_0 + ∂φ/∂θ θ_0) on the
   features) as in `simulate_sgd`.
 
+  feature_scale_power γ > 0 (method 'head_scaled') lets the feature kernel grow with the
+  features it moves: each step uses K_φ(t)[i, j] = s_i^γ s_j^γ K_φ[i, j] with
+  s_i = ‖φ_i(t)‖/‖φ_i(0)‖ of the simulated features (test points alike), PSD and K_φ at
+  t = 0 (γ = 0 is `head_aware`). Why (DESIGN §3.5): under frozen BatchNorm the features
+  grow (3-7× in real runs) and in a ReLU net, positively homogeneous in each layer's
+  weights, ∂φ/∂θ_l scales as s/c_l when the layers' gains c_l multiply to φ's growth s.
+  Growth carried by a scale at the top (the last BatchNorm's affine) scales every Jacobian
+  below it by s: G ∝ s², γ = 1; L layers growing alike give G ∝ s^(2-2/L), γ = 1 - 1/L;
+  G grows between s⁰ and s².
+
   Args:
     orders: [S, T, B]; lrs: [T].
     k_phi: [N, N] feature kernel; features_train_0: [N, D]; y_train: [N].
     head_kernel: [D, C] W_0; head_bias: [C] b_0.
     jw0_features_train: [N, D] (∂φ/∂θ) θ_0, for weight decay.
     k_phi_test: [N_test, N]; features_test_0: [N_test, D]; y_test; jw0_features_test.
+    feature_scale_power: γ >= 0; > 0 needs every ‖φ_i(0)‖ > 0.
 
   Returns:
-    (curves, fx_train_T, fx_test_T) as simulate_sgd.
+    (curves, fx_train_T, fx_test_T) as simulate_sgd; curves also has 'feature_growth'
+    [S, T/eval_every + 1], the simulated ‖Φ_t‖_F/‖Φ_0‖_F on the training set.
   """
   if k_phi_test is not None:
     k_phi_test = np.asarray(k_phi_test).T  # [N, N_test]: rows by training sample
@@ -813,7 +841,8 @@ def simulate_head_aware(orders, lrs, k_phi, features_train_0, y_train, head_kern
                         head_bias, loss=loss, eval_every=eval_every, momentum=momentum,
                         nesterov=nesterov, weight_decay=weight_decay,
                         jw0_features_train=jw0_features_train, features_test_0=features_test_0,
-                        y_test=y_test, jw0_features_test=jw0_features_test)
+                        y_test=y_test, jw0_features_test=jw0_features_test,
+                        feature_scale_power=feature_scale_power)
 
 
 def simulate_head_exact(orders, lrs, feature_factors, features_train_0, y_train, head_kernel,
@@ -842,7 +871,7 @@ def simulate_head_exact(orders, lrs, feature_factors, features_train_0, y_train,
       [N_test, D]; y_test; jw0_features_test.
 
   Returns:
-    (curves, fx_train_T, fx_test_T) as simulate_sgd.
+    (curves, fx_train_T, fx_test_T) as simulate_head_aware.
   """
   if np.ndim(feature_factors) != 3:
     raise ValueError(f'feature_factors must be [N, D, R], got shape {np.shape(feature_factors)}')
@@ -855,12 +884,20 @@ def simulate_head_exact(orders, lrs, feature_factors, features_train_0, y_train,
 
 def _simulate_head(orders, lrs, k_phi, k_phi_test, features_train_0, y_train, head_kernel,
                    head_bias, *, loss, eval_every, momentum, nesterov, weight_decay,
-                   jw0_features_train, features_test_0, y_test, jw0_features_test):
+                   jw0_features_train, features_test_0, y_test, jw0_features_test,
+                   feature_scale_power=0.0):
   """Either head model on its HeadArrays; k_phi_test laid out as there, None: no test set."""
   orders = jnp.asarray(orders)
   _check_eval(orders.shape[1], eval_every)
   phi0 = jnp.asarray(features_train_0)
   n, d = phi0.shape
+  if not feature_scale_power >= 0.0:
+    raise ValueError(f'feature_scale_power must be >= 0, got {feature_scale_power!r}')
+  if feature_scale_power:
+    for name, f in (('features_train_0', phi0), ('features_test_0', features_test_0)):
+      if f is not None and len(f) and not np.all(np.linalg.norm(np.asarray(f), axis=1) > 0):
+        raise ValueError(f'feature_scale_power={feature_scale_power} rescales by ‖φ_i(t)‖/‖φ_i(0)‖,'
+                         f' but {name} has a sample with ‖φ_i(0)‖ = 0')
   dtype = phi0.dtype
   zeros_or = lambda a, shape: jnp.zeros(shape, dtype) if a is None else jnp.asarray(a, dtype)
   if k_phi_test is None:
@@ -876,14 +913,14 @@ def _simulate_head(orders, lrs, k_phi, k_phi_test, features_train_0, y_train, he
       head_kernel=jnp.asarray(head_kernel, dtype), head_bias=jnp.asarray(head_bias, dtype))
   hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
                    weight_decay=jnp.asarray(weight_decay, dtype))
-  one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov)
+  one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov,
+                          feature_scale_power=float(feature_scale_power))
   run = jax.vmap(one, in_axes=(0, None))
   return jax.device_get(run(orders, (arrays, hyper)))
 
 
-LIMIT_METHODS = ('replay', 'full_batch', 'head_aware', 'head_exact', 'sde',
+LIMIT_METHODS = ('replay', 'full_batch', 'head_aware', 'head_scaled', 'head_exact', 'sde',
                  'nt_gradient_descent', 'catapult')
-
 # The catapult's upper limit on η a (a the curvature of lr_limit): Lewkowycz et al. 2020's
 # two-layer linear (uv) model under MSE converges after a loss spike for 2 < η a < 4 (plain
 # GD) and diverges above 4. With heavy ball (experiments/catapult_uv.py, n = 4,000, 2 seeds)
@@ -948,7 +985,8 @@ def lr_limit(method, max_eig, n, loss, *, momentum=0.0, nesterov=False, weight_d
     probe); with moving features, runs measured at 1.03× and 1.5× of it
     converged after a catapult (MSE, m = 0), and at m = 0.9 one diverged at
     0.97× as the kernel grew.
-  - 'head_exact': likewise (its kernel at w0 is Θ(w0) itself at full rank).
+  - 'head_scaled', 'head_exact': likewise ('head_scaled' has head_aware's kernel at w0;
+    head_exact's is Θ(w0) itself at full rank).
   - 'nt_gradient_descent': gradient flow, an ODE solved to tolerance, has no
     step to make unstable: inf.
   - 'catapult' (MSE): where a real net stops converging after the catapult,

@@ -85,7 +85,8 @@ def _predictions(lin, task, configs, orders, config, key_sde, targets, path, pre
                   'replay': dict(orders=orders, **low_rank),
                   'relinearised': dict(orders=orders, **low_rank), 'full_batch': low_rank,
                   'catapult': dict(orders=orders), 'head_aware': dict(orders=orders),
-                  'head_exact': dict(orders=orders)}
+                  'head_exact': dict(orders=orders),
+                  'head_scaled': dict(orders=orders, feature_scale_power=pc.feature_scale_power)}
     with compat.enable_x64(pc.dtype == 'float64'):
       preds = {m: [p.to_json() for p in predict.predict(
           relin if m == 'relinearised' else lin, task.y_train, task.y_test, configs, method=m,

@@ -11,9 +11,10 @@ import numpy as np  # noqa: E402  pylint: disable=g-import-not-at-top
 from ntk_time import summary as summary_lib  # noqa: E402  pylint: disable=g-import-not-at-top
 
 COLORS = {'sde': 'tab:blue', 'replay': 'tab:orange', 'head_aware': 'tab:red',
-          'head_exact': 'tab:brown', 'full_batch': 'tab:green', 'nt_gradient_descent': 'tab:purple'}
-MARKERS = {'sde': 'o', 'replay': 's', 'head_aware': '^', 'head_exact': 'P', 'full_batch': 'D',
-           'nt_gradient_descent': 'v'}
+          'head_scaled': 'tab:pink', 'head_exact': 'tab:brown', 'full_batch': 'tab:green',
+          'nt_gradient_descent': 'tab:purple'}
+MARKERS = {'sde': 'o', 'replay': 's', 'head_aware': '^', 'head_scaled': 'X', 'head_exact': 'P',
+           'full_batch': 'D', 'nt_gradient_descent': 'v'}
 TASK_COLORS = ('tab:blue', 'tab:red', 'tab:green', 'tab:purple', 'tab:brown', 'tab:olive')
 Summary = summary_lib.Summary
 

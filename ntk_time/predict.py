@@ -22,14 +22,15 @@ from ntk_time import sgd
 from ntk_time import summary as summary_lib
 from ntk_time import times as times_lib
 
-# The simulated predictors. 'sde', 'replay', 'head_aware', 'head_exact', 'catapult' and
-# 'relinearised' are the methods; 'full_batch' (the deterministic B = N limit of 'replay') and
-# 'nt_gradient_descent' (neural-tangents' own gradient flow, needs neural-tangents) are also
-# the reference baselines. 'catapult' is 'replay' on a kernel whose top is clipped where a
-# real net catapults (MSE).
-METHODS = ('sde', 'replay', 'head_aware', 'head_exact', 'catapult', 'relinearised', 'full_batch',
-           'nt_gradient_descent')
-HEAD_METHODS = ('head_aware', 'head_exact')  # the head trained exactly, the features linearised
+# The simulated predictors. 'sde', 'replay', 'head_aware', 'head_scaled', 'head_exact',
+# 'catapult' and 'relinearised' are the methods; 'full_batch' (the deterministic B = N limit
+# of 'replay') and 'nt_gradient_descent' (neural-tangents' own gradient flow, needs
+# neural-tangents) are also the reference baselines. 'catapult' is 'replay' on a kernel whose
+# top is clipped where a real net catapults (MSE).
+METHODS = ('sde', 'replay', 'head_aware', 'head_scaled', 'head_exact', 'catapult', 'relinearised',
+           'full_batch', 'nt_gradient_descent')
+# The head trained exactly, the features linearised.
+HEAD_METHODS = ('head_aware', 'head_scaled', 'head_exact')
 # 'replay' on a kernel taken after k real steps of one configuration (pipeline.relinearised):
 # it trains, so it is never the headline and is labelled wherever methods are listed.
 NOT_TRAINING_FREE = ('relinearised',)
@@ -216,7 +217,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
             loss: str, eval_every: int, targets: times_lib.Targets, num_paths: int = 32,
             dt: int = 1, orders: list[np.ndarray] | None = None, dtype=np.float32,
             population: int | None = None, sampling: str = 'epoch', rank: int = 0,
-            rank_tol: float = 0.0) -> list[summary_lib.Prediction]:
+            rank_tol: float = 0.0, feature_scale_power: float = 1.0
+            ) -> list[summary_lib.Prediction]:
   """Predicts every configuration of a grid from one linearisation.
 
   Args:
@@ -232,7 +234,9 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
       pipeline.relinearised), 'head_aware' (dynamics.simulate_head_aware on orders like
       'replay'; needs a linearisation made with features_fn), 'head_exact'
       (dynamics.simulate_head_exact likewise, with the whole feature kernel; needs
-      ntk.with_feature_factors), 'full_batch' (the
+      ntk.with_feature_factors), 'head_scaled' ('head_aware' with the feature
+      kernel rescaled by the simulated features' growth, s_i^γ s_j^γ K_φ[i, j], γ =
+      feature_scale_power: dynamics.simulate_head_aware), 'full_batch' (the
       deterministic B = N limit of 'replay'), 'nt_gradient_descent'
       (neural-tangents' gradient flow with momentum: no noise, no weight decay).
     loss, eval_every, targets: see dynamics / times.Targets.
@@ -251,6 +255,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     rank_tol: > 0 (with rank 0): the smallest rank whose bound on the
       training-loss error over the grid's longest horizon (dynamics.low_rank_within,
       in loss units) is at most rank_tol.
+    feature_scale_power: 'head_scaled' only: γ in [0, 1] (see
+      dynamics.simulate_head_aware).
 
   Returns:
     One summary.Prediction per configuration: mean and quantile curves over
@@ -301,9 +307,11 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     if method == 'head_exact' and lin.feature_factors_train is None:
       raise ValueError("method 'head_exact' needs the feature kernel's factors: "
                        'ntk.with_feature_factors(lin, ...)')
-    if method == 'head_aware':
+    if method != 'head_exact':
       k_phi, k_phi_st = lin.feature_kernels()
       kernels = dict(k_phi=k_phi.astype(dtype), k_phi_test=k_phi_st.astype(dtype))
+      if method == 'head_scaled':
+        kernels['feature_scale_power'] = feature_scale_power
     else:
       kernels = dict(feature_factors=lin.feature_factors_train.astype(dtype),
                      feature_factors_test=lin.feature_factors_test.astype(dtype))
@@ -352,8 +360,8 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
         return jax.device_get(dynamics.simulate_sgd(o, lrs, nesterov=hp.nesterov, **common)[0])
       curves, catapult = _catapult(hp, lrs, max_eig, n, loss, exact_kernels, replay)
     elif method in HEAD_METHODS:
-      simulate = (dynamics.simulate_head_aware if method == 'head_aware'
-                  else dynamics.simulate_head_exact)
+      simulate = (dynamics.simulate_head_exact if method == 'head_exact'
+                  else dynamics.simulate_head_aware)
       curves, _, _ = simulate(
           o, lrs, loss=loss, eval_every=eval_every, momentum=hp.momentum, nesterov=hp.nesterov,
           weight_decay=hp.weight_decay, **head_arrays)

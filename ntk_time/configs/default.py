@@ -109,5 +109,11 @@ def get_config() -> mlc.ConfigDict:
       # (the first of a tie in grid order; the demo's lr 0.001, B 50, m 0.9): the kernel
       # changes with the distance trained, which grows with η/(1−m), so the middle of the
       # grid's range is the probe nearest to the most configurations; an index fixes another.
-      relin_fraction=0.05, relin_config=-1))
+      relin_fraction=0.05, relin_config=-1,
+      # 'head_scaled' only: the feature kernel grows with the simulated features,
+      # K_φ(t)[i, j] = s_i^γ s_j^γ K_φ(0)[i, j], s_i = ‖φ_i(t)‖/‖φ_i(0)‖, with γ = this power
+      # (dynamics.simulate_head_aware; 0 is head_aware). 1: the features grow through a
+      # scale at the top (frozen BatchNorm leaves its affine free), which every Jacobian
+      # below passes through, so G ∝ s²; 1 - 1/L if L layers grew alike instead.
+      feature_scale_power=1.0))
   return c
