@@ -18,5 +18,7 @@ def get_config():
   c.finetune.update(steps=6, eval_every=2, lr=(0.05,), batch_size=(6, 24), momentum=(0.0, 0.9),
                     seeds=1, checkpoint_every=2)
   c.kernel.update(block_size=10, drift_samples=8)
-  c.predict.update(num_paths=4)
+  # The demo's methods but those that need a longer horizon (relinearised's probe of
+  # 5% of T) or add nothing at this size; tests that want them name them.
+  c.predict.update(num_paths=4, methods=('sde', 'replay', 'head_aware'))
   return c
