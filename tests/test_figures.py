@@ -162,8 +162,8 @@ def test_paper_scale_experiment(tmp_path, smoke_checkpoint):
 
 @pytest.mark.parametrize('field, value, match', [
     ('epochs', -1, r'epochs \(0: finetune.steps\) must be an integer >= 0, got epochs=-1'),
-    ('eval_samples', 1.5, r'eval_samples \(0: all\) must be an integer >= 0, got '
-     r'eval_samples=1.5'),
+    ('eval_samples', -5, r'eval_samples \(0: all\) must be an integer >= 0, got '
+     r'eval_samples=-5'),
     ('eval_samples', 61, r'eval_samples=61 is more than target.n_train=60'),
     ('losses', ('mse', 'mse'), r"losses must be distinct names from .*, got \('mse', 'mse'\)"),
     ('losses', ('hinge',), r"unknown finetune.loss='hinge'"),
