@@ -158,6 +158,15 @@ def test_paper_scale_experiment(tmp_path, smoke_checkpoint):
   # The spectrum's eigendecomposition counts in spectral's cost.
   assert summary['by_loss']['mse']['costs']['spectral_M12'] > summary['spectrum_seconds']['12']
   assert any('replica_M12 | all | 8 |' in line for line in numbers['table'])
+  # `make bench` part 6: the same study from the workdir's own config and caches (no
+  # retraining: the real seconds are those recorded), the same errors.
+  from experiments import bench  # pylint: disable=g-import-not-at-top
+  again = bench.paper_scale(str(tmp_path))
+  assert again['n_train'] == 60 and again['runs'] == 8 and again['epochs'] == 2
+  assert [(a['predictor'], a['loss'], a['t_eps'], a['levels']) for a in again['aggregate']] == [
+      (a['predictor'], a['loss'], a['t_eps'], a['levels']) for a in summary['aggregate']]
+  assert again['aggregate'][-1]['train_seconds'] == summary['aggregate'][-1]['train_seconds']
+  assert bench.paper_scale(str(tmp_path / 'none')) is None
 
 
 @pytest.mark.parametrize('field, value, match', [
