@@ -738,7 +738,8 @@ def subset_tables(summary: dict) -> list[str]:
   """A subset study's summary.json as markdown: per run and M the predicted and
   real T_eps, then per predictor its errors and cost ratio."""
   # Stats read back from JSON hold an infinite error as the string 'inf'.
-  pct = lambda v: _fmt(None if v is None else float(v), pct=True)  # noqa: E731
+  num = lambda v: None if v is None else float(v)  # noqa: E731
+  pct = lambda v: _fmt(num(v), pct=True)  # noqa: E731
   lines = [f"N = {summary['n_train']}, real runs evaluated on "
            f"{summary['eval_samples'] or 'all'} training samples", '',
            '| run | horizon (epochs) | M | replica T_eps (error) | spectral T_eps (error) | '
@@ -761,7 +762,7 @@ def subset_tables(summary: dict) -> list[str]:
             if 'cost_ratio' in a else 'baseline')
     lines.append(f"| {a['predictor']} | {a['loss']} | {a['runs']} | {pct(t['median'])} / "
                  f"{pct(t['max'])} | {pct(lv['median'])} / {pct(lv['max'])} ({lv['misses']}) | "
-                 f"{_fmt(a['curve_log_error']['median'])} | {cost} |")
+                 f"{_fmt(num(a['curve_log_error']['median']))} | {cost} |")
   return lines
 
 
