@@ -6,7 +6,7 @@ VENV_LATEST := .venv-latest
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 WORKDIR ?= workdirs/default
 
-.PHONY: setup data test test-latest demo bench accuracy figures
+.PHONY: setup data test test-latest demo bench accuracy figures paper_scale
 
 setup: $(VENV)/.installed data
 
@@ -50,9 +50,20 @@ test-latest: data $(VENV_LATEST)/.installed
 demo: setup
 	$(PY) -m experiments.compare --config ntk_time/configs/default.py --workdir $(WORKDIR)
 
+# Part 6 reruns the paper-scale study's predictions on $(PAPER)'s cached real runs and
+# kernels (skipped where `make paper_scale` has not run).
 bench: setup
-	$(PY) -m experiments.bench
+	$(PY) -m experiments.bench --paper_workdir=$(PAPER)
 	$(PY) -m experiments.bench_kernel
+
+# Paper scale from a subset (README): all 30,000 Fashion-MNIST 5–9 training images, 8 real
+# runs of 3 epochs, predicted from kernels on M = 500 and 1,000. Starts from the demo's
+# pretrained checkpoint (`make demo` makes it; PAPER_CKPT= pretrains in the workdir instead).
+PAPER := workdirs/paper_scale
+PAPER_CKPT ?= $(WORKDIR)/pretrain/checkpoint.msgpack
+paper_scale: setup
+	$(PY) -m experiments.subset --config=ntk_time/configs/paper_scale.py --workdir=$(PAPER) \
+	  --config.experiment.pretrain.checkpoint=$(PAPER_CKPT)
 
 # The accuracy study of the README (figures 1 and 2): the demo's target, digits and the
 # demo's target under the squared loss, 8 configurations × 3 seeds each, fine-tuned from

@@ -23,10 +23,17 @@ Prints and writes to JSON, so that commits can be compared:
      with and without XLA compilation (each simulation compiles afresh), curve
      error max|log L̂_k − log L̂_dense| of the mean training-loss curves,
      predicted T_eps difference and the bound β_k (dynamics.truncation_bounds),
-     over a grid of 4 at m = 0 (lr 0.003, 0.01 × B 10, 50), 16 paths each.
-Model: the default ResNet-8 with random weights (costs do not depend on the
-values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed), for
-parts 1–3 on the demo's target size (N = 200 at 14×14) and horizon (1,200 steps).
+     over a grid of 4 at m = 0 (lr 0.003, 0.01 × B 10, 50), 16 paths each;
+  6. paper scale (`make paper_scale`, configs/paper_scale.py): the whole
+     Fashion-MNIST 5–9 training set fine-tuned for real, predicted from kernels on
+     M ≤ 1,000, each method's cost ratio beside its T_eps and loss-level errors and
+     the trivial baselines'. It reruns pipeline.run_subset on `--paper_workdir`
+     with that workdir's own config: the real runs and kernels come from its cache
+     (their seconds as measured when they ran), the predictions are simulated
+     again in this run; skipped where the workdir does not exist yet.
+Parts 1–5 use this model: the default ResNet-8 with random weights (costs do not depend on the
+values) on Fashion-MNIST 5–9 (`--source=digits` where it is not installed), for parts
+1–3 on the demo's target size (N = 200 at 14×14) and horizon (1,200 steps).
 """
 
 import dataclasses
@@ -40,6 +47,7 @@ from absl import logging
 import jax
 from jax.flatten_util import ravel_pytree
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from ntk_time import data
@@ -47,6 +55,7 @@ from ntk_time import dynamics
 from ntk_time import finetune
 from ntk_time import models
 from ntk_time import ntk
+from ntk_time import pipeline
 from ntk_time import predict
 from ntk_time import sgd
 from ntk_time import times
@@ -64,11 +73,14 @@ _STEPS = flags.DEFINE_integer('steps', default.get_config().finetune.steps,
                               "horizon of the predicted grids (the demo's)")
 _RANK_TOL = flags.DEFINE_float('rank_tol', 0.01, 'part 3: the low-rank SDE\'s predict.rank_tol')
 _SOURCE = flags.DEFINE_string('source', 'fashion_mnist', "'fashion_mnist' or 'digits'")
-_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '5'], 'which parts to run (numbers above)')
+_PARTS = flags.DEFINE_list('parts', ['1', '2', '3', '5', '6'],
+                           'which parts to run (numbers above)')
 _KERNEL = flags.DEFINE_string('kernel', 'workdirs/default/kernel.npz',
                               "part 5: a kernel cache of pipeline.cached_kernel, made on the "
                               "default config's target set")
 _RANKS = flags.DEFINE_list('ranks', ['25', '50', '100', '200'], 'part 5: ranks k')
+_PAPER = flags.DEFINE_string('paper_workdir', 'workdirs/paper_scale',
+                             'part 6: the workdir of `make paper_scale`')
 _OUT = flags.DEFINE_string('out', 'workdirs/bench.json', 'JSON results')
 
 
@@ -311,6 +323,18 @@ def low_rank(path, ranks, steps) -> dict:
   return out
 
 
+def paper_scale(workdir) -> dict | None:
+  """Part 6: the paper-scale study rerun on its workdir's cache (None: no such workdir)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    return None
+  config = ml_collections.ConfigDict(wd.read_json(path))
+  numbers = pipeline.run_subset(config, workdir, progress=False)
+  summary = wd.read_json(os.path.join(workdir, 'summary.json'))
+  return {'n_train': summary['n_train'], 'runs': len(summary['rows']),
+          'epochs': config.epochs, 'aggregate': numbers['aggregate']}
+
+
 def main(_):
   logging.set_verbosity(logging.WARNING)  # JAX's backend probing is not news
   results = {'jax': jax.__version__, 'devices': [str(d) for d in jax.local_devices()]}
@@ -370,6 +394,25 @@ def main(_):
             f"{k['wall_speedup']:4.1f}×); curve error {k['max_curve_error']:.2e}, loss error "
             f"{k['max_loss_error']:.2e} vs bound β_k {k['bound']:.2e}; |ΔT_eps| "
             f"{k['t_eps_abs_difference']} ({k['compared']} compared)", flush=True)
+  if '6' in parts:
+    results['paper_scale'] = r = paper_scale(_PAPER.value)
+    if r is None:
+      print(f'6. paper scale: skipped, no {_PAPER.value} (run `make paper_scale` first)')
+    else:
+      print(f"6. paper scale, N = {r['n_train']}, {r['runs']} real runs × {r['epochs']} epochs "
+            f"(real runs and kernels from {_PAPER.value}'s cache, predictions simulated now), "
+            'errors median / max over the runs:', flush=True)
+      pct = lambda v: '-' if v is None else ('∞' if v == 'inf' else f'{100 * v:.0f}%')  # noqa: E731
+      for a in r['aggregate']:
+        if a['loss'] != 'all' and any(b['predictor'] == a['predictor'] and b['loss'] == 'all'
+                                      for b in r['aggregate']):
+          continue  # per loss in its summary.json; here the pooled rows
+        cost = (f"predict {a['predict_seconds']:.0f} s vs train {a['train_seconds']:.0f} s: "
+                f"{a['cost_ratio']:.1f}× cheaper (aim 30×)" if 'cost_ratio' in a else 'baseline')
+        print(f"   {a['predictor']:17s} ({a['loss']}, {a['runs']} runs): T_eps "
+              f"{pct(a['t_eps']['median'])} / {pct(a['t_eps']['max'])}, loss levels "
+              f"{pct(a['levels']['median'])} / {pct(a['levels']['max'])} "
+              f"({a['levels']['misses']} misses); {cost}", flush=True)
   os.makedirs(os.path.dirname(_OUT.value) or '.', exist_ok=True)
   with open(_OUT.value, 'w') as f:
     json.dump(results, f, indent=1)

@@ -1,13 +1,17 @@
 r"""Predict the fine-tuning of N samples from kernels on M ≪ N of them, and check for real.
 
   python -m experiments.subset --config=ntk_time/configs/subset.py --workdir=workdirs/subset
+  python -m experiments.subset --config=ntk_time/configs/paper_scale.py \
+      --workdir=workdirs/paper_scale     # `make paper_scale`: all 30,000, 3 epochs each
 
 For every M of `sizes`, the kernel of the first M training samples (cached in
 kernel_M<M>.npz); for every loss and configuration, the real fine-tuning on all
-N samples (runs/<loss>_<name>/) and two predictions of its T_eps
-(ntk_time/subset.py): `replica` (the SDE on the M samples standing for the N,
-any loss) and `spectral` (the extrapolated spectrum, MSE only). Writes
-summary.json (errors and costs at each M), subset.png and figure.json
+N samples (runs/<loss>_<name>/) and two predictions of its T_eps and loss
+levels (ntk_time/subset.py): `replica` (the SDE on the M samples standing for
+the N, any loss; low-rank where predict.rank_tol is set) and `spectral` (the
+extrapolated spectrum, MSE only), beside the best_constant and horizon_fraction
+baselines. Prints per run its times and per predictor its errors and cost
+ratio; writes summary.json, subset.png and figure.json
 (ntk_time.pipeline.run_subset).
 """
 

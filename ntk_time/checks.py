@@ -4,6 +4,7 @@ Checks everything that can be known without loading data or weights, and
 names the first bad value.
 """
 
+import copy
 import math
 import os
 
@@ -218,6 +219,30 @@ def relin_probe(pc, grid: list[sgd.SGD]) -> tuple[int, int]:
     raise ValueError(f'predict.relin_fraction={f!r} of the horizon T={horizon} of configuration '
                      f'{i} is k={k} real steps; relinearised needs 1 <= k < T')
   return i, k
+
+
+def check_subset(config) -> None:
+  """Raises ValueError naming the first bad value of a subset-study config
+  (configs/subset.py, configs/paper_scale.py), its experiment under each loss included."""
+  _check_fields(config, {'experiment': None, 'sizes': None, 'losses': None, 'epochs': None,
+                         'eval_samples': None})
+  sizes = list(config.sizes)
+  if not sizes or any(isinstance(m, bool) or not isinstance(m, int) or m < 2 for m in sizes):
+    raise ValueError(f'sizes must be integers >= 2, got sizes={sizes}')
+  n = config.experiment.target.n_train
+  if n != -1 and max(sizes) > n:
+    raise ValueError(f'sizes={sizes} has a subset larger than target.n_train={n}')
+  if not config.losses or len(set(config.losses)) != len(config.losses):
+    raise ValueError(f'losses must be distinct names from {losses.LOSSES}, got '
+                     f'{tuple(config.losses)}')
+  _positive_int(config.epochs, 'epochs', minimum=0, what=' (0: finetune.steps)')
+  _positive_int(config.eval_samples, 'eval_samples', minimum=0, what=' (0: all)')
+  if n != -1 and config.eval_samples > n:
+    raise ValueError(f'eval_samples={config.eval_samples} is more than target.n_train={n}')
+  for loss in config.losses:
+    e = copy.deepcopy(config.experiment)
+    e.finetune.loss = loss
+    check(e)
 
 
 def targets_from_config(pc) -> times.Targets:

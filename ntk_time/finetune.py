@@ -4,7 +4,9 @@ All parameters are trained with `sgd.make_optimizer` (SGD, momentum, Nesterov,
 weight decay, schedule) through the same frozen-BatchNorm `apply_fn` that the
 kernel linearises, on an explicit `[steps, B]` batch order that the simulator
 can replay. Every `eval_every` steps the loss and accuracy on the *whole*
-training set and on the test set are recorded.
+training set (or on a fixed subset of it, `eval_subset`, where evaluating all
+of a large set would cost more than the training) and on the test set are
+recorded.
 """
 
 import dataclasses
@@ -77,6 +79,16 @@ def evaluate_fn(apply_fn: Callable, loss_name: str) -> Callable:
   return evaluate
 
 
+def eval_subset(n: int, size: int, seed: int) -> np.ndarray | None:
+  """The fixed training samples a run is evaluated on: [size] sorted indices into
+  0..n-1, a uniformly random draw from `seed`; None (all n) for size 0 or size >= n."""
+  if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 0:
+    raise ValueError(f'eval_samples must be an integer >= 0, got {size!r}')
+  if size == 0 or size >= n:
+    return None
+  return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def train_step_fn(apply_fn: Callable, tx: optax.GradientTransformation, loss_name: str) -> Callable:
   """train_step((params, opt_state), (x: [B, ...], y: [B])) -> (state, metrics)."""
   def train_step(state, batch):
@@ -94,16 +106,19 @@ def train_step_fn(apply_fn: Callable, tx: optax.GradientTransformation, loss_nam
 
 
 def _fingerprint(params: PyTree, task, hp: sgd.SGD, order: np.ndarray, loss: str,
-                 eval_every: int) -> str:
+                 eval_every: int, eval_idx: np.ndarray | None) -> str:
   """What a run's result depends on; a saved run with another fingerprint is not resumed."""
+  # The evaluation subset only when there is one: runs on the whole set keep their hash.
+  extra = {} if eval_idx is None else {'eval_idx': wd.digest(eval_idx)}
   return wd.config_hash({'hp': hp.to_dict(), 'loss': loss, 'eval_every': eval_every,
                          'order': wd.digest(order), 'x': wd.digest(task.x_train, task.y_train),
-                         'params': wd.digest(*jax.tree.leaves(params))})
+                         'params': wd.digest(*jax.tree.leaves(params)), **extra})
 
 
 def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.ndarray, *,
              loss: str, eval_every: int, workdir: str | None = None,
-             checkpoint_every: int | None = None, progress: bool = True) -> dict:
+             checkpoint_every: int | None = None, progress: bool = True,
+             eval_idx: np.ndarray | None = None) -> dict:
   """Fine-tunes `params` on `task` for `hp.steps` steps of the batches `order`.
 
   Args:
@@ -121,6 +136,8 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
       as one that was never interrupted.
     checkpoint_every: a multiple of eval_every (default: eval_every).
     progress: show a tqdm bar.
+    eval_idx: [E_train] indices into x_train on which the training loss and
+      accuracy are evaluated (`eval_subset`); None: the whole training set.
 
   Returns:
     dict with 'curves' (Curves), 'params' (final), 'seconds_per_step'
@@ -136,6 +153,13 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
   if order.min() < 0 or order.max() >= len(task.x_train):
     raise ValueError(f'batch order indexes outside the training set (N={len(task.x_train)})')
   steps_eval = eval_steps(hp.steps, eval_every)
+  x_eval, y_eval = task.x_train, task.y_train
+  if eval_idx is not None:
+    eval_idx = np.asarray(eval_idx)
+    if not len(eval_idx) or eval_idx.min() < 0 or eval_idx.max() >= len(task.x_train):
+      raise ValueError(f'eval_idx must be non-empty indices into the training set '
+                       f'(N={len(task.x_train)})')
+    x_eval, y_eval = task.x_train[eval_idx], task.y_train[eval_idx]
   checkpoint_every = checkpoint_every or eval_every
   if checkpoint_every % eval_every:
     raise ValueError(f'checkpoint_every={checkpoint_every} must be a multiple of '
@@ -150,7 +174,8 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
   # rows: one dict per evaluation; step_times: seconds of every step; fresh: steps that compiled.
   rows, step_times, fresh, first = [], [], [], 0
   progress_path = os.path.join(workdir, 'progress.msgpack') if workdir else None
-  fingerprint = _fingerprint(params, task, hp, order, loss, eval_every) if workdir else None
+  fingerprint = (_fingerprint(params, task, hp, order, loss, eval_every, eval_idx) if workdir
+                 else None)
   if progress_path and os.path.exists(progress_path):
     with open(progress_path, 'rb') as f:
       saved = flax.serialization.msgpack_restore(f.read())
@@ -161,7 +186,7 @@ def finetune(apply_fn: Callable, params: PyTree, task, hp: sgd.SGD, order: np.nd
   state = jax.tree.map(jnp.array, state)  # a copy: the step donates its input buffers
 
   def record(k):
-    tl, ta = evaluate(state[0], task.x_train, task.y_train)
+    tl, ta = evaluate(state[0], x_eval, y_eval)
     vl, va = evaluate(state[0], task.x_test, task.y_test)
     rows.append({'step': int(k), 'train_loss': tl, 'train_acc': ta, 'test_loss': vl,
                  'test_acc': va})

@@ -187,8 +187,9 @@ def cached_feature_factors(path: str, factors_hash: str, lin: ntk.Linearization,
 
 
 def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, progress,
-             features_fn=None, reference=None, drift_x=None):
-  """One real fine-tuning run (reused if finished, resumed if interrupted). With
+             features_fn=None, reference=None, drift_x=None, eval_idx=None):
+  """One real fine-tuning run (reused if finished, resumed if interrupted),
+  evaluated on the training samples `eval_idx` (None: all; finetune.eval_subset). With
   `reference` (ntk.kernel_parts at w0 on `drift_x`), also its kernel drift and
   its diagnosis (ntk.kernel_diagnosis; neither after a divergence). Returns
   (run.json's dict, curves)."""
@@ -198,7 +199,8 @@ def real_run(apply_fn, params, task, hp, order, config, run_dir, run_hash, progr
   ft = config.finetune
   result = finetune.finetune(apply_fn, params, task, hp, order, loss=ft.loss,
                              eval_every=ft.eval_every, workdir=run_dir,
-                             checkpoint_every=ft.checkpoint_every, progress=progress)
+                             checkpoint_every=ft.checkpoint_every, progress=progress,
+                             eval_idx=eval_idx)
   run = wd.read_json(done)
   if reference is not None and result['diverged_at'] is None:
     # Θ on a fixed subset at the real final weights vs at w0, by part (DESIGN §3.5).
@@ -620,118 +622,230 @@ def run_many(experiments, workdir: str, progress: bool = True) -> dict[str, summ
   return summaries
 
 
-def _check_subset(config) -> None:
-  sizes = list(config.sizes)
-  if not sizes or any(not isinstance(m, int) or m < 2 for m in sizes):
-    raise ValueError(f'sizes must be integers >= 2, got sizes={sizes}')
-  n = config.experiment.target.n_train
-  if n != -1 and max(sizes) > n:
-    raise ValueError(f'sizes={sizes} has a subset larger than target.n_train={n}')
-  for loss in config.losses:
-    e = copy.deepcopy(config.experiment)
-    e.finetune.loss = loss
-    checks.check(e)
+def subset_grid(config, n: int) -> list[sgd.SGD]:
+  """The grid of a subset-study config on N = n samples: finetune's, with each
+  horizon `config.epochs` passes over the n samples rounded up to a multiple of
+  finetune.eval_every (epochs 0: finetune.steps for every configuration)."""
+  ft = config.experiment.finetune
+  grid = sgd.grid(ft)
+  if config.epochs:
+    grid = [dataclasses.replace(hp, steps=ft.eval_every * -(-config.epochs * n // (
+        hp.batch_size * ft.eval_every))) for hp in grid]
+  for hp in grid:
+    hp.validate(n)
+  return grid
+
+
+def _subset_errors(pred, constant, real, hp, targets) -> dict[str, summary_lib.Error]:
+  """`_errors` on the subset study's definitions: T_eps and the loss levels (spectral
+  has no accuracy curve), and the curve error."""
+  errs = _errors(pred, constant, real, hp.steps, targets)
+  return {d: errs[d] for d in ('t_eps', *targets.loss_levels, 'curve_log_error')}
+
+
+def _subset_aggregate(errors: list[dict[str, summary_lib.Error]], targets) -> dict:
+  """Stats (as JSON) of T_eps, the pooled loss levels and the curve error over runs."""
+  return {'t_eps': times_lib.stat([e['t_eps'] for e in errors]).to_json(),
+          'levels': times_lib.stat([e[d] for e in errors
+                                    for d in targets.loss_levels]).to_json(),
+          'curve_log_error': times_lib.stat([e['curve_log_error'] for e in errors]).to_json()}
+
+
+def _spectral(spectrum, m, n, num_classes, grid, eval_every, targets):
+  """The spectral predictions of the grid (None for a configuration with weight
+  decay, which simulate_modes does not model) and their seconds, extrapolation included."""
+  t0 = time.perf_counter()
+  ex = subset.extrapolate(*spectrum, m, n)
+  out = []
+  for hp in grid:
+    if hp.weight_decay:
+      out.append(None)
+      continue
+    t1 = time.perf_counter()
+    steps, curve = subset.simulate_modes(ex['lam'], ex['energy'], hp, n=n,
+                                         num_classes=num_classes, eval_every=eval_every)
+    nan = np.full((1, len(curve)), np.nan)  # no accuracy: its times are None
+    out.append(predict.from_curves(
+        'spectral', hp, steps, {'train_loss': curve[None], 'train_acc': nan, 'test_loss': nan,
+                                'test_acc': nan}, seconds=time.perf_counter() - t1,
+        targets=targets))
+  return out, time.perf_counter() - t0, ex
 
 
 def run_subset(config, workdir: str, progress: bool = True) -> dict:
-  """The subset study of a `configs/subset.py` config (experiments/subset.py):
-  kernels on the first M samples for each M of `sizes`, real runs on all N, and
-  the replica and spectral predictions of each run's T_eps; writes summary.json,
-  subset.png and figure.json; returns the figure's numbers."""
-  _check_subset(config)
+  """The subset study of a `configs/subset.py` or `configs/paper_scale.py` config
+  (experiments/subset.py): kernels on the first M samples for each M of `sizes`,
+  real runs on all N (evaluated on `eval_samples` of them where set), and the
+  replica (SDE, in predict.rank / rank_tol's low-rank basis where set) and
+  spectral (MSE) predictions of each run's T_eps and loss levels, against the
+  real runs beside the best_constant and horizon_fraction baselines, with each
+  method's cost ratio (real training seconds over kernel + prediction, both
+  measured in this run or its cached stages); writes summary.json, subset.png and
+  figure.json; returns the figure's numbers."""
+  checks.check_subset(config)
   wd.claim(workdir, config.to_dict())
   e = config.experiment
-  ft = e.finetune
+  ft, pc = e.finetune, e.predict
   keys = sgd.run_keys(e.seed)
   task, model, variables, pre_report, _, _ = finetune.target_from_config(
       e, workdir, keys['head'], progress)
   params = variables['params']
   apply_fn = models.make_apply_fn(model, variables['batch_stats'])
   n, num_classes = len(task.x_train), task.num_classes
-  grid = sgd.grid(ft)
-  targets = checks.targets_from_config(e.predict)
+  grid = subset_grid(config, n)
+  targets = checks.targets_from_config(pc)
+  eval_idx = finetune.eval_subset(n, config.eval_samples, e.seed)
+  # In the real runs' hash only when set: the whole-set runs keep theirs.
+  eval_key = {} if eval_idx is None else {'eval_idx': wd.digest(eval_idx)}
   base = {'checkpoint': wd.config_hash(pre_report), 'model': e.model.to_dict(),
           'target': e.target.to_dict(), 'seed': e.seed, **head_key(ft)}
 
-  kernels, spectra = {}, {}
+  kernels, spectra, spectrum_seconds = {}, {}, {}
   for m in config.sizes:
     lin = cached_kernel(os.path.join(workdir, f'kernel_M{m}.npz'),
-                                wd.config_hash({**base, 'kernel': e.kernel.to_dict(), 'm': m}),
-                                apply_fn, params, task.x_train[:m], task.x_test, e.kernel,
-                                progress=progress)
+                        wd.config_hash({**base, 'kernel': e.kernel.to_dict(), 'm': m}),
+                        apply_fn, params, task.x_train[:m], task.x_test, e.kernel,
+                        progress=progress)
     kernels[m] = lin
-    # One eigendecomposition per M: the spectrum and the MSE residual energies serve the
-    # plot and every MSE configuration.
-    spectra[m] = subset.spectrum(lin.k_train_train, lin.fx_train_0, task.y_train[:m], 'mse')
+    if 'mse' in config.losses:
+      # One eigendecomposition per M (minutes at M·C = 5,000 on 2 cores, so only where
+      # spectral uses it): the spectrum and the MSE residual energies serve the plot and
+      # every MSE configuration, and count in spectral's cost.
+      t0 = time.perf_counter()
+      spectra[m] = subset.spectrum(lin.k_train_train, lin.fx_train_0, task.y_train[:m], 'mse')
+      spectrum_seconds[m] = time.perf_counter() - t0
 
-  rows = []
+  rows, by_loss, errors_by_loss = [], {}, {}
   for loss in config.losses:
     cfg = copy.deepcopy(e)
     cfg.finetune.loss = loss
-    for i, hp in enumerate(grid):
-      name = f'{loss}_{config_name(hp)}'
+    reals, runs = [], []
+    for hp in grid:
       order = sgd.batch_order(jax.random.fold_in(keys['order'], 0), n, hp.batch_size, hp.steps,
                               ft.sampling)
       run_hash = wd.config_hash({**base, 'hp': hp.to_dict(), 'loss': loss,
-                                 'eval_every': ft.eval_every, 'order': wd.digest(order)})
+                                 'eval_every': ft.eval_every, 'order': wd.digest(order),
+                                 **eval_key})
       real, curves = real_run(apply_fn, params, task, hp, order, cfg,
-                              os.path.join(workdir, 'runs', name), run_hash, progress)
-      t_real = None
-      if np.all(np.isfinite(curves['train_loss'])):
-        t_real = times_lib.t_eps(curves['steps'], curves['train_loss'], targets.eps)
-      row = {'name': name, 'loss': loss, 'hparams': hp.to_dict(), 'real_t_eps': t_real,
-             'real_train_seconds': real['train_seconds'], 'steps': curves['steps'],
-             'real_train_loss': curves['train_loss'], 'by_size': []}
+                              os.path.join(workdir, 'runs', f'{loss}_{config_name(hp)}'),
+                              run_hash, progress, eval_idx=eval_idx)
+      runs.append((real, curves))
+      reals.append(real_results([curves], [real], targets))
+    constants = _constants(reals, grid, targets, pc.horizon_fraction, ft.eval_every)
+
+    preds, costs = {}, {}  # (method, M) -> [Prediction or None] per configuration; seconds
+    for m in config.sizes:
+      t0 = time.perf_counter()
+      preds['replica', m] = predict.predict(
+          kernels[m], task.y_train[:m], task.y_test, grid, key=keys['sde'], method='sde',
+          loss=loss, eval_every=ft.eval_every, targets=targets, num_paths=pc.num_paths, dt=pc.dt,
+          population=n, sampling=ft.sampling, rank=pc.rank, rank_tol=pc.rank_tol)
+      costs['replica', m] = time.perf_counter() - t0  # λ_max or the low-rank basis included
+      if loss == 'mse':
+        preds['spectral', m], secs, _ = _spectral(spectra[m], m, n, num_classes, grid,
+                                                  ft.eval_every, targets)
+        costs['spectral', m] = spectrum_seconds[m] + secs
+    by_loss[loss] = {'train_seconds': float(sum(r['train_seconds'] for r, _ in runs)),
+                     'costs': {f'{p}_M{m}': c for (p, m), c in costs.items()}}
+    errors = errors_by_loss[loss] = {}  # predictor (method_M<m> or baseline) -> per config
+    for i, (hp, real, (run, curves)) in enumerate(zip(grid, reals, runs)):
+      name = f'{loss}_{config_name(hp)}'
+      row = {'name': name, 'loss': loss, 'hparams': hp.to_dict(), 'horizon': hp.steps,
+             'epochs': hp.steps * hp.batch_size / n,
+             'real_t_eps': real.times['t_eps'].value,
+             'real_times': {d: real.times[d].value for d in ('t_eps', *targets.loss_levels)},
+             'real_train_seconds': run['train_seconds'], 'steps': curves['steps'],
+             'real_train_loss': curves['train_loss'], 'by_size': [], 'baselines': {}}
+      for b in TRIVIAL_BASELINES:
+        err = _subset_errors(None, constants[b][i], real, hp, targets)
+        errors.setdefault(b, []).append(err)
+        row['baselines'][b] = {d: x.value for d, x in err.items()}
       for m in config.sizes:
-        lin = kernels[m]
-        t0 = time.perf_counter()
-        [rep] = predict.predict(lin, task.y_train[:m], task.y_test, [hp],
-                                key=jax.random.fold_in(keys['sde'], i), method='sde',
-                                loss=loss, eval_every=ft.eval_every, targets=targets,
-                                num_paths=e.predict.num_paths, dt=e.predict.dt, population=n,
-                                sampling=ft.sampling)
-        entry = {'m': m, 'kernel_seconds': lin.seconds,
-                 'replica_t_eps': None if rep.diverged else rep.times['t_eps'].value,
-                 'replica_seconds': time.perf_counter() - t0,
-                 'replica_train_loss': None if rep.diverged else rep.curves['train_loss'].mean}
-        if loss == 'mse' and not hp.weight_decay:
-          t0 = time.perf_counter()
-          ex = subset.extrapolate(*spectra[m], m, n)
-          steps, curve = subset.simulate_modes(ex['lam'], ex['energy'], hp, n=n,
-                                               num_classes=num_classes, eval_every=ft.eval_every)
-          entry.update(spectral_t_eps=times_lib.t_eps(steps, curve, targets.eps),
-                       spectral_seconds=time.perf_counter() - t0, spectral_train_loss=curve,
-                       alpha=ex['alpha'], beta=ex['beta'])
+        entry = {'m': m, 'kernel_seconds': kernels[m].seconds}
         for method in ('replica', 'spectral'):
-          if f'{method}_t_eps' in entry:
-            entry[f'{method}_error'] = times_lib.relative_error(entry[f'{method}_t_eps'], t_real)
-            cost = entry['kernel_seconds'] + entry[f'{method}_seconds']
-            entry[f'{method}_cost_ratio'] = real['train_seconds'] / cost
+          pred = preds.get((method, m), [None] * len(grid))[i]
+          if pred is None:
+            continue
+          err = _subset_errors(pred, None, real, hp, targets)
+          errors.setdefault(f'{method}_M{m}', []).append(err)
+          entry.update({
+              f'{method}_t_eps': None if pred.diverged else pred.times['t_eps'].value,
+              f'{method}_times': None if pred.diverged else {
+                  d: pred.times[d].value for d in ('t_eps', *targets.loss_levels)},
+              f'{method}_error': err['t_eps'].value,
+              f'{method}_errors': {d: x.to_json() for d, x in err.items()},
+              f'{method}_seconds': pred.seconds, f'{method}_rank': pred.rank,
+              f'{method}_train_loss': None if pred.diverged else pred.curves['train_loss'].mean})
         row['by_size'].append(entry)
       rows.append(row)
 
+  # Per predictor, pooled over the losses it predicts and per loss: its errors, and its cost
+  # ratio, the real training seconds of those runs over the kernel (shared by the losses)
+  # and the predictor's seconds on them.
+  aggregate = []
+  names = list(dict.fromkeys(p for v in errors_by_loss.values() for p in v))
+  for p in names:
+    for group in (*config.losses, 'all'):
+      losses_ = [l for l in config.losses if group in (l, 'all') and p in errors_by_loss[l]]
+      if not losses_ or (group == 'all' and len(losses_) == 1):  # the one loss's row
+        continue
+      agg = _subset_aggregate([x for l in losses_ for x in errors_by_loss[l][p]], targets)
+      row = {'predictor': p, 'loss': group, 'runs': agg['t_eps']['n'], **agg}
+      if p not in TRIVIAL_BASELINES:
+        m = int(p.rsplit('_M', 1)[1])
+        cost = kernels[m].seconds + sum(by_loss[l]['costs'][p] for l in losses_)
+        train = sum(by_loss[l]['train_seconds'] for l in losses_)
+        row.update(predict_seconds=cost, train_seconds=train, cost_ratio=train / cost)
+      aggregate.append(row)
+
   summary = {'config': config.to_dict(), 'n_train': n, 'num_classes': num_classes,
-             'spectra': {str(m): spectra[m][0] for m in config.sizes}, 'rows': rows}
+             'eval_samples': 0 if eval_idx is None else len(eval_idx),
+             'kernel_seconds': {str(m): kernels[m].seconds for m in config.sizes},
+             'spectrum_seconds': {str(m): v for m, v in spectrum_seconds.items()},
+             'spectra': {str(m): lam for m, (lam, _) in spectra.items()}, 'rows': rows,
+             'by_loss': by_loss, 'aggregate': aggregate}
   wd.write_json(os.path.join(workdir, 'summary.json'), summary)
   summary = wd.read_json(os.path.join(workdir, 'summary.json'))
-  table = ['| run | M | replica T_eps (error) | spectral T_eps (error) | real T_eps | '
-           'cost saved (replica) |', '|---|---|---|---|---|---|']
-  for r in summary['rows']:
-    for x in r['by_size']:
-      pct = lambda v: '-' if v is None else f'{100 * v:.0f}%'  # noqa: E731
-      spectral = (f"{x['spectral_t_eps']} ({pct(x['spectral_error'])})"
-                  if 'spectral_t_eps' in x else '-')
-      table.append(f"| {r['name']} | {x['m']} | {x['replica_t_eps']} "
-                   f"({pct(x['replica_error'])}) | {spectral} | {r['real_t_eps']} | "
-                   f"{x['replica_cost_ratio']:.1f}x |")
   figure = plots.subset(summary, os.path.join(workdir, 'subset.png'))
-  numbers = {'figure': figure, 'table': table,
-             'errors': [{'run': r['name'], 'm': x['m'], 'replica': x['replica_error'],
+  numbers = {'figure': figure, 'table': subset_tables(summary),
+             'aggregate': summary['aggregate'],
+             'errors': [{'run': r['name'], 'm': x['m'], 'replica': x.get('replica_error'),
                          'spectral': x.get('spectral_error')}
                         for r in summary['rows'] for x in r['by_size']]}
   write_figure(workdir, config, numbers)
   return numbers
 
+
+def subset_tables(summary: dict) -> list[str]:
+  """A subset study's summary.json as markdown: per run and M the predicted and
+  real T_eps, then per predictor its errors and cost ratio."""
+  # Stats read back from JSON hold an infinite error as the string 'inf'.
+  num = lambda v: None if v is None else float(v)  # noqa: E731
+  pct = lambda v: _fmt(num(v), pct=True)  # noqa: E731
+  lines = [f"N = {summary['n_train']}, real runs evaluated on "
+           f"{summary['eval_samples'] or 'all'} training samples", '',
+           '| run | horizon (epochs) | M | replica T_eps (error) | spectral T_eps (error) | '
+           'real T_eps | real loss levels |', '|---|---|---|---|---|---|---|']
+  for r in summary['rows']:
+    levels = ', '.join(_fmt(v) for d, v in r['real_times'].items() if d != 't_eps')
+    for x in r['by_size']:
+      cell = lambda method, x=x: (  # noqa: E731
+          f"{_fmt(x[method + '_t_eps'])} ({pct(x[method + '_error'])})"
+          if method + '_errors' in x else '-')
+      lines.append(f"| {r['name']} | {r['horizon']} ({r['epochs']:.2g}) | {x['m']} | "
+                   f"{cell('replica')} | {cell('spectral')} | {_fmt(r['real_t_eps'])} | "
+                   f'{levels} |')
+  lines += ['', '| predictor | loss | runs | T_eps error median / max | loss levels median / '
+            'max (misses) | curve error median | predict vs train seconds |',
+            '|---|---|---|---|---|---|---|']
+  for a in summary['aggregate']:
+    t, lv = a['t_eps'], a['levels']
+    cost = (f"{a['predict_seconds']:.0f} vs {a['train_seconds']:.0f} ({a['cost_ratio']:.1f}×)"
+            if 'cost_ratio' in a else 'baseline')
+    lines.append(f"| {a['predictor']} | {a['loss']} | {a['runs']} | {pct(t['median'])} / "
+                 f"{pct(t['max'])} | {pct(lv['median'])} / {pct(lv['max'])} ({lv['misses']}) | "
+                 f"{_fmt(num(a['curve_log_error']['median']))} | {cost} |")
+  return lines
 
 
 def write_figure(workdir: str, config, numbers: dict) -> str:

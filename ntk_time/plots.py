@@ -341,5 +341,6 @@ def subset(summary: dict, path: str) -> str:
     ax_s.loglog(k, np.where(lam > 0, lam / int(m), np.nan), lw=1, label=f'M = {m}')
   ax_s.set_xlabel('mode k')
   ax_s.set_ylabel('λ_k / M')
-  ax_s.legend(fontsize=7)
+  if summary['spectra']:  # computed for the squared loss only (pipeline.run_subset)
+    ax_s.legend(fontsize=7)
   return _save(fig, path)

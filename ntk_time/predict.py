@@ -379,11 +379,27 @@ def predict(lin: ntk.Linearization, y_train: np.ndarray, y_test: np.ndarray,
     limit = dynamics.lr_limit('replay' if method in REPLAY_METHODS else method, max_eig, n,
                               loss, momentum=hp.momentum, nesterov=hp.nesterov,
                               weight_decay=hp.weight_decay, dt=dt)
-    pred = summary_lib.Prediction(method=method, hparams=hp.to_dict(), steps=steps,
-                                  lr_limit=limit, seconds=seconds,
-                                  diverged=curves is None or _diverged(curves), rank=rank,
-                                  catapult=catapult)
-    if not pred.diverged:
-      pred.curves, pred.times = _summarise(curves, steps, targets)
-    results.append(pred)
+    results.append(from_curves(method, hp, steps, curves, seconds=seconds, targets=targets,
+                               lr_limit=limit, rank=rank, catapult=catapult))
   return results
+
+
+def from_curves(method: str, hp: sgd.SGD, steps: np.ndarray, curves: dict, *, seconds: float,
+                targets: times_lib.Targets, lr_limit: float = float('inf'),
+                rank: int = 0, catapult: dict | None = None) -> summary_lib.Prediction:
+  """The Prediction of one configuration from its simulated paths.
+
+  Args:
+    method: the predictor's name; hp: the configuration; steps: [E] evaluated steps.
+    curves: per name of CURVES, [S, E] over S paths (NaN where a simulator has no
+      such curve: its times on it are None).
+    seconds: what the simulation cost; lr_limit, rank, catapult: as summary.Prediction.
+    curves None: the simulation diverged before it finished (catapult's verdict).
+  """
+  pred = summary_lib.Prediction(method=method, hparams=hp.to_dict(), steps=steps,
+                                lr_limit=lr_limit, seconds=seconds,
+                                diverged=curves is None or _diverged(curves), rank=rank,
+                                catapult=catapult)
+  if not pred.diverged:
+    pred.curves, pred.times = _summarise(curves, steps, targets)
+  return pred

@@ -112,6 +112,81 @@ def test_subset_experiment(tmp_path, smoke_checkpoint):
     pipeline.run_subset(bad, str(tmp_path / 'bad'), progress=False)
 
 
+def test_paper_scale_experiment(tmp_path, smoke_checkpoint):
+  """The paper-scale study on its smoke config: epoch horizons, the evaluation subset,
+  the low-rank replica, every error and cost ratio against what the rows record."""
+  from ntk_time import pipeline  # pylint: disable=g-import-not-at-top
+  from ntk_time import times  # pylint: disable=g-import-not-at-top
+  from ntk_time.configs import paper_scale  # pylint: disable=g-import-not-at-top
+  config = paper_scale.get_config('smoke')
+  config.experiment.pretrain.checkpoint = smoke_checkpoint
+  numbers = pipeline.run_subset(config, str(tmp_path), progress=False)
+  with open(tmp_path / 'summary.json') as f:
+    summary = json.load(f)
+  n, ev = summary['n_train'], config.experiment.finetune.eval_every
+  assert n == 60 and summary['eval_samples'] == 20
+  for r in summary['rows']:
+    b = r['hparams']['batch_size']
+    assert r['horizon'] == ev * math.ceil(config.epochs * n / (b * ev)) >= config.epochs * n / b
+    for x in r['by_size']:
+      # rank_tol picked a basis smaller than the kernel's M·C rows.
+      assert 1 <= x['replica_rank'] < 12 * 3
+      for method in ('replica', 'spectral'):
+        if method + '_errors' not in x:
+          assert method == 'spectral' and r['loss'] == 'cross_entropy'
+          continue
+        for d, real in r['real_times'].items():
+          got = None if x[method + '_times'] is None else x[method + '_times'][d]
+          want = times.error(got, real, r['horizon'],
+                             predicted_diverged=x[method + '_times'] is None).value
+          stored = x[method + '_errors'][d]['value']
+          assert (float(stored) if stored is not None else None) == (
+              None if want is None else pytest.approx(want)), (r['name'], method, d)
+  agg = {(a['predictor'], a['loss']): a for a in summary['aggregate']}
+  assert set(agg) == {(p, l) for p in ('best_constant', 'horizon_fraction', 'replica_M12')
+                      for l in ('cross_entropy', 'mse', 'all')} | {('spectral_M12', 'mse')}
+  train = {l: sum(r['real_train_seconds'] for r in summary['rows'] if r['loss'] == l)
+           for l in ('cross_entropy', 'mse')}
+  a = agg['replica_M12', 'all']
+  assert a['runs'] == 8 and a['train_seconds'] == pytest.approx(sum(train.values()))
+  assert a['predict_seconds'] == pytest.approx(
+      summary['kernel_seconds']['12'] + sum(summary['by_loss'][l]['costs']['replica_M12']
+                                            for l in train))
+  assert a['cost_ratio'] == pytest.approx(a['train_seconds'] / a['predict_seconds'])
+  s = agg['spectral_M12', 'mse']
+  assert s['runs'] == 4 and s['train_seconds'] == pytest.approx(train['mse'])
+  # The spectrum's eigendecomposition counts in spectral's cost.
+  assert summary['by_loss']['mse']['costs']['spectral_M12'] > summary['spectrum_seconds']['12']
+  assert any('replica_M12 | all | 8 |' in line for line in numbers['table'])
+  # `make bench` part 6: the same study from the workdir's own config and caches (no
+  # retraining: the real seconds are those recorded), the same errors.
+  from experiments import bench  # pylint: disable=g-import-not-at-top
+  again = bench.paper_scale(str(tmp_path))
+  assert again['n_train'] == 60 and again['runs'] == 8 and again['epochs'] == 2
+  assert [(a['predictor'], a['loss'], a['t_eps'], a['levels']) for a in again['aggregate']] == [
+      (a['predictor'], a['loss'], a['t_eps'], a['levels']) for a in summary['aggregate']]
+  assert again['aggregate'][-1]['train_seconds'] == summary['aggregate'][-1]['train_seconds']
+  assert bench.paper_scale(str(tmp_path / 'none')) is None
+
+
+@pytest.mark.parametrize('field, value, match', [
+    ('epochs', -1, r'epochs \(0: finetune.steps\) must be an integer >= 0, got epochs=-1'),
+    ('eval_samples', -5, r'eval_samples \(0: all\) must be an integer >= 0, got '
+     r'eval_samples=-5'),
+    ('eval_samples', 61, r'eval_samples=61 is more than target.n_train=60'),
+    ('losses', ('mse', 'mse'), r"losses must be distinct names from .*, got \('mse', 'mse'\)"),
+    ('losses', ('hinge',), r"unknown finetune.loss='hinge'"),
+    ('epoch', 3, r'unknown config field epoch=3'),
+])
+def test_paper_scale_config_errors(tmp_path, field, value, match):
+  from ntk_time import pipeline  # pylint: disable=g-import-not-at-top
+  from ntk_time.configs import paper_scale  # pylint: disable=g-import-not-at-top
+  config = paper_scale.get_config('smoke')
+  config[field] = value
+  with pytest.raises(ValueError, match=match):
+    pipeline.run_subset(config, str(tmp_path), progress=False)
+
+
 def test_bench_runs_on_tiny_sizes(monkeypatch):
   """The benchmark's plumbing (not its timings) on a few digits: its numbers against
   those recomputed from the kernels it computed (captured on the way) and from the

@@ -109,6 +109,38 @@ def test_bad_hyper_parameters(kwargs, match):
     sgd.SGD(**{**base, **kwargs})
 
 
+def test_eval_subset_is_fixed_seeded_and_what_the_run_evaluates(tiny_task, tmp_path):
+  """The training curves of a run with eval_idx are the loss and accuracy of the same
+  run's weights on those samples only (a run on the whole set, replayed, gives them at the
+  end), and the subset is a fixed draw of its seed."""
+  task, apply_fn, params = tiny_task
+  idx = finetune.eval_subset(30, 12, seed=3)
+  np.testing.assert_array_equal(idx, finetune.eval_subset(30, 12, seed=3))
+  assert len(set(idx)) == 12 and list(idx) == sorted(idx) and idx.max() < 30
+  assert not np.array_equal(idx, finetune.eval_subset(30, 12, seed=4))
+  assert finetune.eval_subset(30, 0, seed=3) is None and finetune.eval_subset(30, 30, 3) is None
+  hp = sgd.SGD(lr=0.1, batch_size=10, steps=10, momentum=0.9)
+  order = sgd.batch_order(jax.random.key(1), 30, 10, 10)
+  full = finetune.finetune(apply_fn, params, task, hp, order, loss='cross_entropy', eval_every=5,
+                           progress=False)
+  sub = finetune.finetune(apply_fn, params, task, hp, order, loss='cross_entropy', eval_every=5,
+                          progress=False, eval_idx=idx, workdir=str(tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, full['params'], sub['params'])
+  evaluate = finetune.evaluate_fn(apply_fn, 'cross_entropy')
+  for w, k in ((params, 0), (sub['params'], -1)):
+    loss, acc = evaluate(w, task.x_train[idx], task.y_train[idx])
+    assert sub['curves'].train_loss[k] == pytest.approx(loss, rel=1e-6)
+    assert sub['curves'].train_acc[k] == pytest.approx(acc)
+  assert sub['curves'].train_loss[0] != pytest.approx(full['curves'].train_loss[0], rel=1e-3)
+  np.testing.assert_array_equal(sub['curves'].test_loss, full['curves'].test_loss)
+  with pytest.raises(ValueError, match=r'eval_samples must be an integer >= 0, got -1'):
+    finetune.eval_subset(30, -1, seed=0)
+  with pytest.raises(ValueError, match=r'eval_idx must be non-empty indices into the training '
+                     r'set \(N=30\)'):
+    finetune.finetune(apply_fn, params, task, hp, order, loss='mse', eval_every=5,
+                      progress=False, eval_idx=np.array([0, 30]))
+
+
 def test_batch_larger_than_dataset(tiny_task):
   task, apply_fn, params = tiny_task
   hp = sgd.SGD(lr=0.1, batch_size=31, steps=2)

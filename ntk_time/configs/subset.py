@@ -28,4 +28,10 @@ def get_config(arg: str = '') -> mlc.ConfigDict:
   c.experiment = e
   # Real runs and predictions for each loss; the kernels are shared.
   c.losses = ('cross_entropy', 'mse')
+  # > 0: each configuration's horizon is this many passes over the N samples (rounded up to
+  # a multiple of finetune.eval_every) instead of finetune.steps.
+  c.epochs = 0
+  # > 0: the real runs' training loss is evaluated on this many of the N samples (a fixed
+  # draw from experiment.seed, finetune.eval_subset) instead of all of them.
+  c.eval_samples = 0
   return c
