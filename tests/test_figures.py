@@ -226,16 +226,19 @@ def test_bench_runs_on_tiny_sizes(monkeypatch):
     expected = np.sqrt((np.trace(exact) ** 2 / np.linalg.norm(exact) ** 2 + 1) / 64)
     assert expected / 2 < err < 2 * expected, (s['kind'], err, expected)
     assert set(s['time_errors']) == set(proj['exact_times'])
-  cost = bench.grid_cost(task, params, apply_fn, steps=20)
+  cost = bench.grid_cost(task, params, apply_fn, steps=20, rank_tol=0.01)
   sps = cost['seconds_per_step']
   for kernel in ('full', 'traced'):
-    for size, per_batch_size in ((8, 4), (32, 16)):  # configurations at B = 25 and at B = 100
-      grid = cost[kernel][f'grid_{size}']
-      assert grid['train_seconds'] == pytest.approx(20 * per_batch_size * (sps[25] + sps[100]))
-      assert grid['ratio'] == pytest.approx(grid['train_seconds'] / grid['predict_seconds'])
-      assert grid['predict_seconds'] == pytest.approx(cost[kernel]['kernel_seconds']
-                                                      + grid['simulation_seconds'])
-  assert cost['traced_vs_full_t_eps']['compared'] > 0
+    for size, per_batch_size in ((8, 4), (32, 16)):  # configurations at B = 10 and at B = 50
+      for sim in ('dense', 'low_rank'):
+        grid = cost[kernel][f'grid_{size}_{sim}']
+        assert grid['train_seconds'] == pytest.approx(20 * per_batch_size * (sps[10] + sps[50]))
+        assert grid['ratio'] == pytest.approx(grid['train_seconds'] / grid['predict_seconds'])
+        assert grid['predict_seconds'] == pytest.approx(
+            cost[kernel]['kernel_seconds'] + grid['simulation_seconds']
+            + cost['step_timing_seconds'])
+        assert (grid['rank'] > 0) == (sim == 'low_rank')
+  assert all(d['compared'] > 0 for d in cost['t_eps_vs_full_dense'].values())
   rows = bench.scaling('digits', [30, 40], exact_max=30, steps=20, sketch_dim=64,
                        class_counts=[2], n_classes=30)['rows']
   assert [(r['n'], r['c'], r['sketch_dim']) for r in rows] == [(30, 5, 0), (40, 5, 64), (30, 2, 0)]
