@@ -12,9 +12,11 @@ hindsight and a constant fraction of the horizon — on every definition of
 times.py. It writes summary.json (summary.Summary), summary.csv and the
 figures to the workdir.
 
-A workdir belongs to one config. Rerunning in it skips every finished stage
-(pretraining, kernel, predictions, real runs) and resumes an interrupted real
-run from its last saved state, with the same numbers as an uninterrupted run.
+A workdir belongs to one config, up to its `predict` block: rerunning in it skips
+every finished stage (pretraining, kernel, predictions, real runs) and resumes an
+interrupted real run from its last saved state, with the same numbers as an
+uninterrupted run; a changed `predict` block (another method, say) recomputes
+only the predictions.
 """
 
 import copy
@@ -314,7 +316,9 @@ def predicted(config, workdir: str, progress: bool = True, overwrite: bool = Fal
   configs = checks.check(config)  # before any work is done
   ft, pc = config.finetune, config.predict
   targets = checks.targets_from_config(pc)
-  wd.claim(workdir, config.to_dict(), overwrite)
+  # The predictions' cache has its own hash, with the predict block: changing a method
+  # or its settings reuses everything else.
+  wd.claim(workdir, config.to_dict(), overwrite, free=('predict',))
   keys = sgd.run_keys(config.seed)
 
   # Pretrained model with its new head (finetune.head_init) on the target task.
@@ -683,7 +687,7 @@ def run_subset(config, workdir: str, progress: bool = True) -> dict:
   measured in this run or its cached stages); writes summary.json, subset.png and
   figure.json; returns the figure's numbers."""
   checks.check_subset(config)
-  wd.claim(workdir, config.to_dict())
+  wd.claim(workdir, config.to_dict(), free=('experiment.predict',))  # predicted afresh
   e = config.experiment
   ft, pc = e.finetune, e.predict
   keys = sgd.run_keys(e.seed)

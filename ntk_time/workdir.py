@@ -106,24 +106,40 @@ def load_if_hash(path: str, expected_hash: str) -> dict[str, np.ndarray] | None:
   return arrays
 
 
-def claim(workdir: str, config: dict, overwrite: bool = False) -> None:
+def claim(workdir: str, config: dict, overwrite: bool = False, free: tuple[str, ...] = ()
+          ) -> None:
   """Makes `workdir` the workdir of `config`, refusing one made with another config.
 
+  `free`: dotted paths of config blocks that may differ (their stages key their caches
+  by their own hash, e.g. 'predict'); config.json is then rewritten with `config`.
+
   Raises:
-    ValueError: `workdir/config.json` holds another config (the first differences
-      are named) and `overwrite` is False; with `overwrite` the workdir is deleted.
+    ValueError: `workdir/config.json` holds another config outside `free` (the first
+      differences are named) and `overwrite` is False; with `overwrite` the workdir is
+      deleted.
   """
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
-    old = read_json(path)
-    if config_hash(old) != config_hash(config):
+    old, new = (_without(as_json(c), free) for c in (read_json(path), config))
+    if config_hash(old) != config_hash(new):
       if not overwrite:
-        diff = _differences(old, as_json(config))
+        diff = _differences(old, new)
         raise ValueError(f'{workdir} holds a run of another config ({"; ".join(diff[:5])}); '
                          'use another workdir, or --overwrite to delete it and start afresh')
       shutil.rmtree(workdir)
   os.makedirs(workdir, exist_ok=True)
   write_json(path, config)
+
+
+def _without(config: dict, paths: tuple[str, ...]) -> dict:
+  """`config` (a fresh as_json copy, changed in place) less the dotted `paths`."""
+  for p in paths:
+    *parents, last = p.split('.')
+    d = config
+    for k in parents:
+      d = d.get(k, {})
+    d.pop(last, None)
+  return config
 
 
 def _differences(old: dict, new: dict, prefix: str = '') -> list[str]:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -87,6 +88,27 @@ def test_compare_rerun_reuses_everything(smoke_run):
     assert a.real.times == b.real.times
     np.testing.assert_array_equal(a.predicted['sde'].curves['train_loss'].mean,
                                   b.predicted['sde'].curves['train_loss'].mean)
+
+
+def test_a_changed_predict_block_recomputes_only_the_predictions(smoke_run, tmp_path):
+  workdir, first = smoke_run
+  copy = str(tmp_path / 'copy')
+  shutil.copytree(workdir, copy)
+  kept = ('kernel.npz', 'runs/lr0.05_B6_m0_wd0_s0/run.json')
+  mtimes = {f: os.path.getmtime(os.path.join(copy, f)) for f in kept + ('predictions.json',)}
+  config = smoke.get_config()
+  config.pretrain.checkpoint = first.config['pretrain']['checkpoint']
+  config.predict.methods = ('sde', 'replay')
+  again = pipeline.run(config, copy, progress=False)
+  for f in kept:
+    assert os.path.getmtime(os.path.join(copy, f)) == mtimes[f], f
+  assert os.path.getmtime(os.path.join(copy, 'predictions.json')) != mtimes['predictions.json']
+  assert set(again.configs[0].predicted) == {'sde', 'replay', 'full_batch'} | (
+      {'nt_gradient_descent'} if 'nt_gradient_descent' in again.baselines else set())
+  assert json.load(open(os.path.join(copy, 'config.json')))['predict']['methods'] == [
+      'sde', 'replay']
+  for a, b in zip(first.configs, again.configs):
+    assert a.real.times == b.real.times
 
 
 def test_same_seed_same_numbers_and_one_config_per_workdir(smoke_run, tmp_path, without_timings):

@@ -167,6 +167,16 @@ def test_paper_scale_experiment(tmp_path, smoke_checkpoint):
       (a['predictor'], a['loss'], a['t_eps'], a['levels']) for a in summary['aggregate']]
   assert again['aggregate'][-1]['train_seconds'] == summary['aggregate'][-1]['train_seconds']
   assert bench.paper_scale(str(tmp_path / 'none')) is None
+  # A diverged predictor's infinite error reads back from JSON as 'inf', printed as ∞.
+  summary['aggregate'][-1]['t_eps']['median'] = 'inf'
+  assert pipeline.subset_tables(summary)[-1].startswith(
+      f"| {summary['aggregate'][-1]['predictor']} | mse | 4 | ∞ / ")
+  # Another predict block reuses the workdir: its predictions are not cached.
+  config.experiment.predict.rank_tol = 0.02
+  pipeline.run_subset(config, str(tmp_path), progress=False)
+  config.experiment.seed = 1
+  with pytest.raises(ValueError, match=r'another config \(experiment.seed: 0 there, 1 here\)'):
+    pipeline.run_subset(config, str(tmp_path), progress=False)
 
 
 @pytest.mark.parametrize('field, value, match', [

@@ -1,7 +1,10 @@
 """Real fine-tuning: it learns, replays exactly, and its optimiser is the one written down."""
 
 import dataclasses
+import types
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -49,6 +52,20 @@ def test_loss_decreases_and_order_replays_exactly(tiny_task, tmp_path):
   _, flops_2b = finetune.step_cost(apply_fn, params, task, dataclasses.replace(hp, batch_size=20),
                                    loss='cross_entropy', key=jax.random.key(3), repeats=1)
   assert 1.7 < flops_2b / flops < 2.0, (flops, flops_2b)
+
+
+def test_step_flops_are_the_hand_count_of_a_dense_layer():
+  """One step of f(x) = x W, W [D, C]: the forward product and the gradient's, 4 B D C
+  FLOPs; the softmax, the loss and the update add about 3% here (XLA's count)."""
+  rng = np.random.default_rng(0)
+  b, d, c = 32, 256, 64
+  task = types.SimpleNamespace(x_train=rng.normal(size=(100, d)).astype(np.float32),
+                               y_train=rng.integers(0, c, 100).astype(np.int32))
+  params = {'w': jnp.asarray(rng.normal(size=(d, c)), jnp.float32)}
+  _, flops = finetune.step_cost(lambda p, x: x @ p['w'], params, task,
+                                sgd.SGD(lr=0.1, batch_size=b, steps=1, momentum=0.9),
+                                loss='cross_entropy', key=jax.random.key(0), repeats=1)
+  assert 1.0 <= flops / (4 * b * d * c) < 1.1, flops
 
 
 def test_replay_tracks_the_real_resnet_over_a_long_horizon_at_a_tiny_learning_rate(tiny_task):
