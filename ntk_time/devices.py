@@ -13,6 +13,7 @@ of every output back: the work is split, the memory is not. So every process
 must make the same calls with the same arguments, in the same order.
 """
 
+import functools
 from typing import Callable
 
 import jax
@@ -112,5 +113,12 @@ def map_leading(f: Callable, batched, *shared, num_devices: int | None = None):
   if pad:
     batched = jax.tree.map(
         lambda a: jnp.concatenate([a, jnp.repeat(a[-1:], pad, axis=0)]), batched)
-  run = per_device(f, m, (P('d'),) + (P(),) * len(shared), P('d'))
+  run = _leading(f, m, len(shared))
   return jax.tree.map(lambda a: a[:s], run(batched, *shared))
+
+
+@functools.lru_cache(maxsize=64)
+def _leading(f: Callable, m: jax.sharding.Mesh, num_shared: int) -> Callable:
+  """map_leading's jitted function: one per (f, mesh), so that a caller passing the same
+  f (dynamics' `_paths`) traces and compiles once per shape, not once per call."""
+  return per_device(f, m, (P('d'),) + (P(),) * num_shared, P('d'))

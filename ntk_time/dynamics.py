@@ -65,6 +65,14 @@ def _flat(k):
   return np.asarray(k).transpose(0, 2, 1, 3).reshape(n1 * c, n2 * c)
 
 
+@functools.lru_cache(maxsize=64)
+def _paths(fn, **static):
+  """fn(one, shared, **static) vmapped over `one`'s leading axis (orders or paths): one
+  function object per (fn, static), so that its jit is traced and compiled once per shape
+  rather than once per simulation (a fresh vmap recompiled every configuration of a grid)."""
+  return jax.vmap(functools.partial(fn, **static), in_axes=(0, None))
+
+
 def _stack(first, rest):
   return jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), first, rest)
 
@@ -196,31 +204,44 @@ def _sgd_one(order, shared, *, loss, eval_every, nesterov, full_batch=False):
   moves = _low_rank_moves if isinstance(a, LowRankArrays) else _column_moves
   steps, _ = order.shape
 
+  def update(f, u, g, lr):  # one optax step of f with velocity u and gradient g
+    u = momentum * u + g
+    return f - lr * (g + momentum * u if nesterov else u), u
+
+  # The held-out outputs do not feed back, and their update is linear: F_test - F_test,0
+  # + J_test w0 = e + Θ[test, train] E, with e [N_test, C] the part the weight decay alone
+  # moves and E [N, C] the same update driven by the scattered minibatch residuals. The
+  # held-out rows are then read once per evaluation rather than per step.
+  def test_outputs(e, acc):
+    return fxt0 - jw0t + e + moves(a, acc)[1]
+
   def step(carry, inp):
-    f, u, ft, ut = carry
+    f, u, e, ue, acc, u_acc = carry
     idx, lr = inp
     if full_batch:
       idx, r = None, losses.residual(loss, f, y)  # [N, C]
+      x = r / r.shape[0]
     else:
       r = losses.residual(loss, f[idx], y[idx])  # [B, C]
-    g, gt = moves(a, r, idx)
-    g = g / r.shape[0] + weight_decay * (f - fx0 + jw0)
-    gt = gt / r.shape[0] + weight_decay * (ft - fxt0 + jw0t)
-    u, ut = momentum * u + g, momentum * ut + gt
-    d, d_test = (g + momentum * u, gt + momentum * ut) if nesterov else (u, ut)
-    return (f - lr * d, u, ft - lr * d_test, ut), None
+      x = jnp.zeros_like(f).at[idx].add(r / r.shape[0])
+    g = moves(a, r, idx)[0] / r.shape[0] + weight_decay * (f - fx0 + jw0)
+    f, u = update(f, u, g, lr)
+    e, ue = update(e, ue, weight_decay * e, lr)
+    acc, u_acc = update(acc, u_acc, x + weight_decay * acc, lr)
+    return (f, u, e, ue, acc, u_acc), None
 
   def chunk(carry, inp):
     carry, _ = jax.lax.scan(step, carry, inp)
-    f, _, ft, _ = carry
-    return carry, _curves(loss, f, y, ft, yt)
+    f, _, e, _, acc, _ = carry
+    return carry, _curves(loss, f, y, test_outputs(e, acc), yt)
 
-  init = (fx0, jnp.zeros_like(fx0), fxt0, jnp.zeros_like(fxt0))
+  zeros = jnp.zeros_like(fx0)
+  init = (fx0, zeros, jw0t, jnp.zeros_like(fxt0), zeros, zeros)
   xs = (order.reshape(steps // eval_every, eval_every, -1),
         lrs.reshape(steps // eval_every, eval_every))
-  carry, rest = jax.lax.scan(chunk, init, xs)
+  (f, _, e, _, acc, _), rest = jax.lax.scan(chunk, init, xs)
   curves = _stack(_curves(loss, fx0, y, fxt0, yt), rest)
-  return curves, carry[0], carry[2]
+  return curves, f, test_outputs(e, acc)
 
 
 def _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
@@ -325,9 +346,8 @@ def simulate_sgd(orders, lrs, k_train_train, fx_train_0, y_train, *, loss, eval_
   dtype = arrays.fx_train_0.dtype
   hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
                    weight_decay=jnp.asarray(weight_decay, dtype))
-  one = functools.partial(_sgd_one, loss=loss, eval_every=eval_every, nesterov=nesterov,
-                          full_batch=_full_batch)
-  run = jax.vmap(one, in_axes=(0, None))
+  run = _paths(_sgd_one, loss=loss, eval_every=eval_every, nesterov=bool(nesterov),
+               full_batch=_full_batch)
   return jax.device_get(devices.map_leading(run, orders, (arrays, hyper)))
 
 
@@ -381,8 +401,15 @@ def _sde_one(path, arrays, *, loss, eval_every, dt, sampling):
   n = fx0.shape[0]
   n_steps = lr_sum.shape[0]
 
+  # The held-out outputs do not feed back: with g = F_test - F_test,0 + J_test w0,
+  # g' = (1 - a λ) g + Θ[test, train] x is linear, so g_t = p_t J_test w0 + Θ[test, train] s_t
+  # with s' = (1 - a λ) s + x [N, C] and p' = (1 - a λ) p: one product with the held-out
+  # rows per evaluation rather than per step (the unused one per step is dead code to XLA).
+  def test_outputs(acc, p):
+    return fxt0 - jw0t + p * jw0t + moves(a, acc)[1]
+
   def step(carry, inp):
-    f, ft, s_sum = carry
+    f, acc, p, s_sum = carry
     i, a_sum, a_sq, a_each = inp
     r = losses.residual(loss, f, y)  # [N, C]
     # Drift and noise both act through Θ on per-sample scalings of r, so one
@@ -398,22 +425,24 @@ def _sde_one(path, arrays, *, loss, eval_every, dt, sampling):
       s_sum, xs = jax.lax.scan(sub, s_sum, jnp.arange(dt))
       xi = a_each @ xs
       w = -a_sum / n + noise * (xi - jnp.mean(xi))
-    move, move_t = moves(a, r * w[:, None])
-    f = f + move - a_sum * weight_decay * (f - fx0 + jw0)
-    ft = ft + move_t - a_sum * weight_decay * (ft - fxt0 + jw0t)
-    return (f, ft, s_sum), None
+    x = r * w[:, None]
+    decay = 1 - a_sum * weight_decay
+    f = f + moves(a, x)[0] - a_sum * weight_decay * (f - fx0 + jw0)
+    return (f, decay * acc + x, decay * p, s_sum), None
 
   per_eval = eval_every // dt
 
   def chunk(carry, inp):
     carry, _ = jax.lax.scan(step, carry, inp)
-    return carry, _curves(loss, carry[0], y, carry[1], yt)
+    f, acc, p, _ = carry
+    return carry, _curves(loss, f, y, test_outputs(acc, p), yt)
 
   idx = jnp.arange(n_steps)
   xs = jax.tree.map(lambda a: a.reshape((-1, per_eval) + a.shape[1:]),
                     (idx, lr_sum, lr_sq, path.lr_each))
-  carry, rest = jax.lax.scan(chunk, (fx0, fxt0, jnp.zeros(n, fx0.dtype)), xs)
-  return _stack(_curves(loss, fx0, y, fxt0, yt), rest), carry[0], carry[1]
+  init = (fx0, jnp.zeros_like(fx0), jnp.ones((), fx0.dtype), jnp.zeros(n, fx0.dtype))
+  (f, acc, p, _), rest = jax.lax.scan(chunk, init, xs)
+  return _stack(_curves(loss, fx0, y, fxt0, yt), rest), f, test_outputs(acc, p)
 
 
 def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, loss, eval_every,
@@ -505,8 +534,7 @@ def simulate_sde(keys, lrs, k_train_train, fx_train_0, y_train, *, batch_size, l
   rho = np.where(bs < n_pop, bs / np.maximum(n_pop - bs, 1), 0.0)
   arrays = _prepare(k_train_train, fx_train_0, y_train, jw0_train, k_test_train, fx_test_0, y_test,
                     jw0_test, columns=False)
-  one = functools.partial(_sde_one, loss=loss, eval_every=eval_every, dt=dt, sampling=sampling)
-  run = jax.vmap(one, in_axes=(0, None))
+  run = _paths(_sde_one, loss=loss, eval_every=eval_every, dt=int(dt), sampling=sampling)
   as_dtype = lambda x: jnp.asarray(x, dtype)
   paths = SDEPath(key=keys, lr_sum=as_dtype(lr_sum), lr_sq=as_dtype(lr_sq), noise=as_dtype(noise),
                   weight_decay=as_dtype(np.broadcast_to(weight_decay, (s,))),
@@ -913,9 +941,8 @@ def _simulate_head(orders, lrs, k_phi, k_phi_test, features_train_0, y_train, he
       head_kernel=jnp.asarray(head_kernel, dtype), head_bias=jnp.asarray(head_bias, dtype))
   hyper = SGDHyper(lrs=jnp.asarray(lrs, dtype), momentum=jnp.asarray(momentum, dtype),
                    weight_decay=jnp.asarray(weight_decay, dtype))
-  one = functools.partial(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=nesterov,
-                          feature_scale_power=float(feature_scale_power))
-  run = jax.vmap(one, in_axes=(0, None))
+  run = _paths(_head_aware_one, loss=loss, eval_every=eval_every, nesterov=bool(nesterov),
+               feature_scale_power=float(feature_scale_power))
   return jax.device_get(run(orders, (arrays, hyper)))
 
 

@@ -322,3 +322,31 @@ def test_head_aware_simulator_is_exact_for_two_layer_linear_net(hp_kwargs, two_l
                                           weight_decay=hp.weight_decay,
                                           jw0_train=ntk.jvp(t.apply_fn, t.w0, t.w0, t.x_train))
   assert np.abs(k_plain['train_loss'][0] - real['curves'].train_loss).max() > 1e-4
+
+
+_COMPILES = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: _COMPILES.append(event)
+    if event == '/jax/core/compile/backend_compile_duration' else None)
+
+
+@pytest.mark.parametrize('simulate', ['sgd', 'sde'])
+def test_a_second_simulation_of_the_same_shapes_compiles_nothing(simulate):
+  """Each configuration of a grid is a simulation of its own (`simulate_sgd`) or a group
+  of them (`simulate_sde`): with the same shapes and static settings, only the first
+  compiles."""
+  k, f0, y = _problem()
+  n = len(y)
+
+  def run(lr, seed):
+    if simulate == 'sgd':
+      orders = np.stack([sgd.batch_order(jax.random.key(seed), n, 2, 20)])
+      return dynamics.simulate_sgd(orders, np.full(20, lr), k, f0, y, loss='mse', eval_every=5,
+                                   momentum=0.5)
+    return dynamics.simulate_sde(jax.random.split(jax.random.key(seed), 3), np.full(20, lr), k,
+                                 f0, y, batch_size=2, loss='mse', eval_every=5, momentum=0.5)
+  first = run(0.1, 0)
+  before = len(_COMPILES)
+  second = run(0.2, 1)
+  assert len(_COMPILES) == before
+  assert not np.allclose(first[0]['train_loss'], second[0]['train_loss'])
