@@ -12,7 +12,8 @@ Prints and writes to JSON, so that commits can be compared:
      the predicted T_eps and level times against the exact kernel's;
   3. predicting the demo's grid of 8 and a grid of 32 configurations (the demo's
      horizon) against fine-tuning them (aim: ≥ 30× for 8, ≥ 100× for 32), with
-     the full and the class-traced kernel, the dense and the low-rank SDE
+     the full, the class-traced and the sparse-sign sketched (k = 4,096) kernel, the
+     dense and the low-rank SDE
      (`--rank_tol`); prediction = kernel + SDE + step timing, fine-tuning =
      measured seconds per compiled step × steps, evaluation excluded;
   4. (only with --parts=4: it takes longer than the rest) kernel time and
@@ -169,9 +170,17 @@ def projections(task, params, apply_fn, sketches, steps) -> dict:
   return out
 
 
+# Part 3's kernels: exact, class-traced, and the sparse sign sketch (its cost is the Jacobian
+# pass's whatever k, part 2).
+KERNELS = {'full': {}, 'traced': {'traced': True},
+           'sketched': {'sketch_dim': 4096, 'sketch_kind': 'sparse_sign',
+                        'sketch_key': jax.random.key(1)}}
+
+
 def grid_cost(task, params, apply_fn, steps, rank_tol) -> dict:
   """Part 3: predicting the demo's grid of 8 and a grid of 32 vs fine-tuning them, with the
-  full and the class-traced kernel, the dense SDE and the low-rank one (rank_tol).
+  full, the class-traced and the sketched kernel (KERNELS), the dense SDE and the low-rank
+  one (rank_tol).
 
   Prediction = kernel + SDE + the step timing `pipeline.predicted` does (one compiled
   step per batch size, 5 timed); fine-tuning = measured seconds per compiled step ×
@@ -197,9 +206,8 @@ def grid_cost(task, params, apply_fn, steps, rank_tol) -> dict:
   out = {'n': len(task.x_train), 'steps': steps, 'image_shape': list(task.x_train.shape[1:]),
          'seconds_per_step': sps_train, 'step_timing_seconds': timing, 'rank_tol': rank_tol}
   t_eps = {}
-  for kernel in ('full', 'traced'):
-    lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, traced=kernel == 'traced',
-                        progress=False)
+  for kernel, kw in KERNELS.items():
+    lin = ntk.linearize(apply_fn, params, task.x_train, task.x_test, progress=False, **kw)
     res = out[kernel] = {'kernel_seconds': lin.seconds}
     for size, grid in grids.items():
       train = sum(sps_train[hp.batch_size] * hp.steps for hp in grid)
@@ -222,7 +230,7 @@ def grid_cost(task, params, apply_fn, steps, rank_tol) -> dict:
             'max_relative_difference': float(np.max(d)) if d else None, 'compared': len(d)}
 
   out['t_eps_vs_full_dense'] = {f'{k}_{s}': differences((k, 32, s))
-                                for k in ('full', 'traced') for s in ('dense', 'low_rank')
+                                for k in KERNELS for s in ('dense', 'low_rank')
                                 if (k, s) != ('full', 'dense')}
   return out
 
@@ -361,11 +369,11 @@ def main(_):
                                          _RANK_TOL.value)
     print(f"3. N = {r['n']}, {r['steps']} steps; step timing {r['step_timing_seconds']:.1f} s; "
           f"seconds per step {r['seconds_per_step']}", flush=True)
-    for kernel in ('full', 'traced'):
+    for kernel in KERNELS:
       for size in (8, 32):
         for sim in ('dense', 'low_rank'):
           g, k = r[kernel][f'grid_{size}_{sim}'], r[kernel]
-          print(f"   {kernel:6s} kernel, {sim:8s} SDE (rank {g['rank']}), grid of {size}: predict "
+          print(f"   {kernel:8s} kernel, {sim:8s} SDE (rank {g['rank']}), grid of {size}: predict "
                 f"{g['predict_seconds']:.1f} s (kernel {k['kernel_seconds']:.1f} + SDE "
                 f"{g['simulation_seconds']:.1f} + timing) vs fine-tune {g['train_seconds']:.1f} s:"
                 f" {g['ratio']:.1f}× cheaper (aim {30 if size == 8 else 100}×; "

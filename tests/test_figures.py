@@ -238,7 +238,7 @@ def test_bench_runs_on_tiny_sizes(monkeypatch):
     assert set(s['time_errors']) == set(proj['exact_times'])
   cost = bench.grid_cost(task, params, apply_fn, steps=20, rank_tol=0.01)
   sps = cost['seconds_per_step']
-  for kernel in ('full', 'traced'):
+  for kernel in bench.KERNELS:
     for size, per_batch_size in ((8, 4), (32, 16)):  # configurations at B = 10 and at B = 50
       for sim in ('dense', 'low_rank'):
         grid = cost[kernel][f'grid_{size}_{sim}']
